@@ -1,0 +1,107 @@
+"""Stage configs: ``conf/pipeline.yaml`` (shared) merged with ``conf/<stage>.yaml``, then overrides.
+
+Precedence, lowest first: pipeline.yaml < <stage>.yaml < environment (RGALIGN_LAKE_ROOT,
+RGALIGN_RAW_ROOT, RGALIGN_SPARK_MASTER, MLFLOW_TRACKING_URI) < ``--set a.b=value`` on the
+command line. Values given with ``--set`` are parsed as YAML, so ``--set sim.users=500`` is an int.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = PROJECT_ROOT / "conf"
+
+ENV_OVERRIDES = {
+    "RGALIGN_LAKE_ROOT": "lake.root",
+    "RGALIGN_RAW_ROOT": "lake.raw_root",
+    "RGALIGN_SPARK_MASTER": "spark.master",
+    "MLFLOW_TRACKING_URI": "mlflow.tracking_uri",
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def set_path(cfg: dict, dotted: str, value) -> None:
+    node = cfg
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {dotted}: {p!r} is not a section")
+    node[leaf] = value
+
+
+def parse_set(items: list[str]) -> list[tuple[str, object]]:
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out.append((k.strip(), yaml.safe_load(v) if v != "" else "")) 
+    return out
+
+
+def _resolve_paths(cfg: dict) -> None:
+    """Relative local paths in the lake/mlflow sections are relative to the project root."""
+
+    def local(p: str) -> str:
+        if "://" in p or os.path.isabs(p):
+            return p
+        return str((PROJECT_ROOT / p).resolve())
+
+    lake = cfg.get("lake", {})
+    for key in ("root", "raw_root"):
+        if lake.get(key):
+            lake[key] = local(lake[key])
+    ml = cfg.get("mlflow", {})
+    if ml.get("artifact_root"):
+        ml["artifact_root"] = local(ml["artifact_root"])
+    uri = ml.get("tracking_uri", "")
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        ml["tracking_uri"] = "sqlite:///" + local(uri[len("sqlite:///"):])
+
+
+def load(stage: str, overrides: list[str] | None = None, conf_dir: Path | None = None) -> dict:
+    conf_dir = Path(conf_dir or CONF_DIR)
+    with open(conf_dir / "pipeline.yaml") as f:
+        cfg = yaml.safe_load(f) or {}
+    stage_file = conf_dir / f"{stage}.yaml"
+    if stage_file.exists():
+        with open(stage_file) as f:
+            cfg = _merge(cfg, yaml.safe_load(f) or {})
+    for env, dotted in ENV_OVERRIDES.items():
+        if os.environ.get(env):
+            set_path(cfg, dotted, os.environ[env])
+    for k, v in parse_set(overrides or []):
+        set_path(cfg, k, v)
+    _resolve_paths(cfg)
+    cfg["stage"] = stage
+    return cfg
+
+
+def fingerprint(obj) -> str:
+    """A short stable hash of a JSON-able object (configs, to tell a stale output)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def flat(cfg: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, for logging params."""
+    out: dict[str, object] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
