@@ -1,7 +1,8 @@
 """Stage configs: ``conf/pipeline.yaml`` (shared) merged with ``conf/<stage>.yaml``, then overrides.
 
 Precedence, lowest first: pipeline.yaml < <stage>.yaml < environment (RGALIGN_LAKE_ROOT,
-RGALIGN_RAW_ROOT, RGALIGN_SPARK_MASTER, MLFLOW_TRACKING_URI) < ``--set a.b=value`` on the
+RGALIGN_RAW_ROOT, RGALIGN_SPARK_MASTER, MLFLOW_TRACKING_URI,
+RGALIGN_MLFLOW_ARTIFACT_ROOT) < ``--set a.b=value`` on the
 command line. Values given with ``--set`` are parsed as YAML, so ``--set sim.users=500`` is an int.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ ENV_OVERRIDES = {
     "RGALIGN_RAW_ROOT": "lake.raw_root",
     "RGALIGN_SPARK_MASTER": "spark.master",
     "MLFLOW_TRACKING_URI": "mlflow.tracking_uri",
+    "RGALIGN_MLFLOW_ARTIFACT_ROOT": "mlflow.artifact_root",
 }
 
 

@@ -1,0 +1,102 @@
+"""rgalign_nightly: the nightly training pipeline for zero-query intent recommendation.
+
+This file only wires stages. Each task runs one job, ``python -m jobs.<stage> --ds {{ ds }}``,
+in its own process; the work lives in ``jobs/`` and ``rgalign_core/``. Nothing heavy (torch,
+pyspark, deepspeed, mlflow...) is imported here: Airflow parses this file often.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, dag, task
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PYTHON = os.environ.get("RGALIGN_PYTHON", sys.executable)
+# Heavy tasks (Spark, training) share this pool so a small box runs one at a time.
+# Created by `make airflow-init`: airflow pools set rgalign_heavy 1 "..."
+HEAVY_POOL = "rgalign_heavy"
+RETRIES = int(os.environ.get("RGALIGN_TASK_RETRIES", "2"))
+# The date a run processes. A scheduled run's ds is the start of its data interval (the day
+# whose logs are complete). A manual run triggered without a logical date processes the day
+# before it was triggered.
+DS = "{{ ds | default((dag_run.run_after - macros.timedelta(days=1)).strftime('%Y-%m-%d')) }}"
+
+DOC_MD = """
+# rgalign_nightly
+
+Every night: logs → validated tables → point-in-time features (Spark) → (later stages:
+reasoner, rankers, alignment, evaluation, publish). Each task is one job in `jobs/`, each
+recorded as an MLflow child run under one parent run per DAG run.
+
+| task | job | writes (under the lake root) |
+|---|---|---|
+| `choose_source` | — | picks `simulate_logs` or straight to `validate_raw` |
+| `simulate_logs` | `jobs/simulate_logs.py` | `raw/<table>/dt=…`, `truth/…` |
+| `validate_raw` | `jobs/validate_raw.py` | `validated/<table>/dt=…`, `quarantine/<table>/dt=…` |
+| `extract_features` | `jobs/extract_features.py` + `sql/*.sql` | `features/sessions/dt=…`, `features/samples/dt=…` |
+
+**Rerun one stage** for a date (inputs are found from the date, never from XComs):
+
+    airflow tasks test rgalign_nightly extract_features 2026-11-21
+
+**Params**: `source` (simulator | lake), `lake_root` (empty = config default), `scale`
+(simulator size), `seed`, `force` (recompute outputs that are already up to date).
+"""
+
+
+def job(stage: str, **kwargs) -> BashOperator:
+    """A task that runs ``jobs/<stage>.py`` for the run's logical date and params."""
+    command = (
+        f"{PYTHON} -m jobs.{stage} --ds {DS} --run-id '{{{{ run_id }}}}'"
+        " --set source={{ params.source }} --set sim.scale={{ params.scale }} --set sim.seed={{ params.seed }}"
+        "{% if params.lake_root %} --set lake.root={{ params.lake_root }}{% endif %}"
+        "{% if params.force %} --force{% endif %}"
+    )
+    return BashOperator(
+        task_id=stage,
+        bash_command=command,
+        cwd=str(PROJECT_ROOT),
+        env={"PYTHONPATH": str(PROJECT_ROOT), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+        append_env=True,
+        **kwargs,
+    )
+
+
+@dag(
+    dag_id="rgalign_nightly",
+    # Interval timetable: the run at 00:00 on day D+1 has ds = D, the day it processes.
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC_MD,
+    tags=["rgalign", "training", "recommendation"],
+    default_args={"owner": "rgalign", "retries": RETRIES, "retry_delay": timedelta(minutes=2)},
+    params={
+        "source": Param("simulator", type="string", enum=["simulator", "lake"],
+                        description="simulator: generate logs; lake: read the company's raw tables"),
+        "lake_root": Param("", type="string", description="lake root (path or fsspec URI); empty = conf/pipeline.yaml"),
+        "scale": Param("small", type="string", enum=["tiny", "small", "medium", "large"],
+                       description="simulator size (see conf/simulate_logs.yaml)"),
+        "seed": Param(17, type="integer", minimum=0, description="simulator seed"),
+        "force": Param(False, type="boolean", description="recompute outputs that are already up to date"),
+    },
+)
+def rgalign_nightly():
+    @task.branch
+    def choose_source(params=None) -> str:
+        return "simulate_logs" if params["source"] == "simulator" else "validate_raw"
+
+    simulate = job("simulate_logs")
+    validate = job("validate_raw", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    features = job("extract_features", pool=HEAVY_POOL)
+
+    choose_source() >> [simulate, validate]
+    simulate >> validate >> features
+
+
+rgalign_nightly()
