@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export SPARK_LOCAL_IP := 127.0.0.1
 export DS_ACCELERATOR := cpu
 
-.PHONY: setup run test ui airflow airflow-init bench clean help
+.PHONY: setup run task test ui airflow airflow-init bench clean help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -39,6 +39,10 @@ airflow-init: .airflow/.initialised  ## create the Airflow SQLite DB and the rga
 run: setup airflow-init  ## run the whole nightly DAG for DS (default: yesterday) on the simulator
 	airflow dags test rgalign_nightly $(DS)
 	@echo "Done. Lake: $(CURDIR)/lake   MLflow runs: make ui  (experiment 'rgalign')"
+
+task: setup airflow-init  ## rerun one task alone: make task TASK=extract_features DS=2026-11-21
+	@test -n "$(TASK)" || { echo "usage: make task TASK=<task_id> DS=YYYY-MM-DD"; exit 2; }
+	airflow tasks test rgalign_nightly $(TASK) $(DS)
 
 test: setup  ## run the test suite (unit + end-to-end on the real engines)
 	$(PY) -m pytest -q tests

@@ -53,29 +53,12 @@ def run(ctx: stage.Context) -> dict:
 
     t0 = time.time()
     spark = sparkx.session(ctx.cfg)
-    views = {"sessions": "chatbot_sessions", "orders": "orders", "events": "behaviour_events", "users": "users",
-             "impressions": "intent_impressions", "kb": "kb_intents"}
-    for view, table in views.items():
-        sparkx.read_partitions(spark, lake, "validated", table, raw_days, f"extract_features input {table}") \
-            .createOrReplaceTempView(view)
     for table, paths in inputs.items():
         ctx.tracker.dataset(lake, paths, f"validated.{table}", context="input")
-
-    feats = sparkx.run_sql(spark, "session_features.sql", first_day=days[0].isoformat(),
-                           last_day=days[-1].isoformat(), lookback_days=lookback).cache()
-    feats.createOrReplaceTempView("session_features")
-    check_no_leakage(feats)
-    samples = sparkx.run_sql(spark, "samples.sql")
-
-    meta = {"fingerprint": fp}
-    session_rows = sparkx.write_partitions(feats.drop("max_event_time_used"), lake, "features", "sessions", days, meta,
-                                           sort_by=["session_id"])
-    sample_rows = sparkx.write_partitions(samples, lake, "features", "samples", days, meta,
-                                          sort_by=["session_id", "position"])
+    session_rows, sample_rows = extract(spark, lake, days, raw_days, lookback, {"fingerprint": fp})
     elapsed = time.time() - t0
     n_sessions, n_samples = sum(session_rows.values()), sum(sample_rows.values())
     n_events = spark.table("events").count()
-    feats.unpersist()
     for t in ("sessions", "samples"):
         ctx.tracker.dataset(lake, [lake.partition("features", t, d) for d in days], f"features.{t}", context="output")
     empty = [d for d, n in session_rows.items() if n == 0]
@@ -86,9 +69,35 @@ def run(ctx: stage.Context) -> dict:
     return {
         "sessions": n_sessions, "samples": n_samples, "behaviour_events_read": n_events,
         "spark_seconds": elapsed, "events_per_s": n_events / max(elapsed, 1e-9),
-        "click_rate": _click_rate(samples), "days_with_no_sessions": len(empty),
+        "click_rate": _click_rate(sparkx.read_partitions(spark, lake, "features", "samples", days, "features.samples")),
+        "days_with_no_sessions": len(empty),
         "windows": {k: [d.isoformat() for d in v] for k, v in ctx.windows().items() if k in ("train", "valid", "test")},
     }
+
+
+def extract(spark, lake, days, raw_days, lookback: int, meta: dict):
+    """Register the validated inputs as views, run the SQL, check leakage, write both tables.
+
+    Returns (session rows per day, sample rows per day).
+    """
+    from rgalign_core import spark as sparkx
+
+    views = {"sessions": "chatbot_sessions", "orders": "orders", "events": "behaviour_events", "users": "users",
+             "impressions": "intent_impressions", "kb": "kb_intents"}
+    for view, table in views.items():
+        sparkx.read_partitions(spark, lake, "validated", table, raw_days, f"extract_features input {table}") \
+            .createOrReplaceTempView(view)
+    feats = sparkx.run_sql(spark, "session_features.sql", first_day=days[0].isoformat(),
+                           last_day=days[-1].isoformat(), lookback_days=lookback).cache()
+    feats.createOrReplaceTempView("session_features")
+    check_no_leakage(feats)
+    samples = sparkx.run_sql(spark, "samples.sql")
+    session_rows = sparkx.write_partitions(feats.drop("max_event_time_used"), lake, "features", "sessions", days, meta,
+                                           sort_by=["session_id"])
+    sample_rows = sparkx.write_partitions(samples, lake, "features", "samples", days, meta,
+                                          sort_by=["session_id", "position"])
+    feats.unpersist()
+    return session_rows, sample_rows
 
 
 def check_no_leakage(feats) -> None:

@@ -8,7 +8,7 @@
 
 WITH s AS (
   SELECT session_id, user_id, session_time, entry_point, region, language, dt,
-         session_time - make_dt_interval(:lookback_days) AS horizon
+         timestampadd(DAY, -:lookback_days, session_time) AS horizon
   FROM sessions
   WHERE dt BETWEEN CAST(:first_day AS DATE) AND CAST(:last_day AS DATE)
 ),
@@ -116,21 +116,21 @@ SELECT f.*,
            coalesce(CAST(f.tenure_days AS STRING), 'an unknown number of'), ' days, opened the help chat from the ',
            replace(f.entry_point, '_', ' '), ' at ', lpad(CAST(f.hour_of_day AS STRING), 2, '0'), ':00.'),
     IF(f.n_orders = 0, 'No orders in the last week.', NULL),
-    IF(f.n_paid > 0, concat(f.n_paid, ' order(s) paid and not yet shipped, latest ', CAST(f.h_since_paid AS INT), 'h ago.'), NULL),
-    IF(f.n_shipped > 0, concat(f.n_shipped, ' order(s) in transit, shipped ', CAST(f.h_since_shipped AS INT), 'h ago.'), NULL),
-    IF(f.n_delayed > 0, concat(f.n_delayed, ' delayed order(s), delay reported ', CAST(f.h_since_delayed AS INT), 'h ago.'), NULL),
-    IF(f.n_lost > 0, concat(f.n_lost, ' order(s) marked lost ', CAST(f.h_since_lost AS INT), 'h ago.'), NULL),
-    IF(f.n_delivered > 0, concat(f.n_delivered, ' order(s) delivered, latest ', CAST(f.h_since_delivered AS INT), 'h ago.'), NULL),
-    IF(f.n_cancelled > 0, concat(f.n_cancelled, ' order(s) cancelled ', CAST(f.h_since_cancelled AS INT), 'h ago.'), NULL),
+    IF(f.n_paid > 0, concat(f.n_paid, ' order(s) paid and not yet shipped, latest ', CAST(floor(f.h_since_paid) AS INT), 'h ago.'), NULL),
+    IF(f.n_shipped > 0, concat(f.n_shipped, ' order(s) in transit, shipped ', CAST(floor(f.h_since_shipped) AS INT), 'h ago.'), NULL),
+    IF(f.n_delayed > 0, concat(f.n_delayed, ' delayed order(s), delay reported ', CAST(floor(f.h_since_delayed) AS INT), 'h ago.'), NULL),
+    IF(f.n_lost > 0, concat(f.n_lost, ' order(s) marked lost ', CAST(floor(f.h_since_lost) AS INT), 'h ago.'), NULL),
+    IF(f.n_delivered > 0, concat(f.n_delivered, ' order(s) delivered, latest ', CAST(floor(f.h_since_delivered) AS INT), 'h ago.'), NULL),
+    IF(f.n_cancelled > 0, concat(f.n_cancelled, ' order(s) cancelled ', CAST(floor(f.h_since_cancelled) AS INT), 'h ago.'), NULL),
     IF(f.n_return_requested > 0, concat(f.n_return_requested, ' return request(s) open.'), NULL),
-    IF(f.n_refund_pending > 0, concat('Refund pending for ', CAST(f.h_refund_pending AS INT), 'h.'), NULL),
-    IF(f.h_since_payment_failed IS NOT NULL, concat('A payment failed ', CAST(f.h_since_payment_failed AS INT), 'h ago.'), NULL),
+    IF(f.n_refund_pending > 0, concat('Refund pending for ', CAST(floor(f.h_refund_pending) AS INT), 'h.'), NULL),
+    IF(f.h_since_payment_failed IS NOT NULL, concat('A payment failed ', CAST(floor(f.h_since_payment_failed) AS INT), 'h ago.'), NULL),
     IF(f.h_since_voucher_expiring IS NOT NULL
          AND (f.h_since_voucher_used IS NULL OR f.h_since_voucher_used > f.h_since_voucher_expiring),
-       concat('A voucher expiry notice came ', CAST(f.h_since_voucher_expiring AS INT), 'h ago.'), NULL),
-    IF(f.h_since_login_new_device IS NOT NULL, concat('Login from a new device ', CAST(f.h_since_login_new_device AS INT), 'h ago.'), NULL),
-    IF(f.h_since_password_reset IS NOT NULL, concat('Password reset ', CAST(f.h_since_password_reset AS INT), 'h ago.'), NULL),
-    IF(f.h_since_app_crash IS NOT NULL, concat('The app crashed ', CAST(f.h_since_app_crash AS INT), 'h ago.'), NULL),
+       concat('A voucher expiry notice came ', CAST(floor(f.h_since_voucher_expiring) AS INT), 'h ago.'), NULL),
+    IF(f.h_since_login_new_device IS NOT NULL, concat('Login from a new device ', CAST(floor(f.h_since_login_new_device) AS INT), 'h ago.'), NULL),
+    IF(f.h_since_password_reset IS NOT NULL, concat('Password reset ', CAST(floor(f.h_since_password_reset) AS INT), 'h ago.'), NULL),
+    IF(f.h_since_app_crash IS NOT NULL, concat('The app crashed ', CAST(floor(f.h_since_app_crash) AS INT), 'h ago.'), NULL),
     IF(f.recent_searches IS NOT NULL, concat('Recent searches: ', f.recent_searches, '.'), NULL),
     IF(f.last_chat_message IS NOT NULL, concat('Last chat message: "', f.last_chat_message, '".'), NULL),
     IF(f.recent_items IS NOT NULL, concat('Recently viewed: ', f.recent_items, '.'), NULL)

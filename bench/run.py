@@ -1,0 +1,250 @@
+"""Benchmarks: `make bench` (or python -m bench.run --help).
+
+foundation: at three simulator scales, times Spark running sql/session_features.sql +
+sql/samples.sql on the validated Parquet (what extract_features does) next to DuckDB running
+the same SQL (transpiled from Spark's dialect by sqlglot) on the same files, checks that both
+engines agree, and times the whole nightly DAG (`airflow dags test`) on the default scale.
+
+Results: bench/results/<name>.json; BENCHMARKS.md is regenerated from every results file.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+WORK = ROOT / "bench" / "work"
+DS = dt.date(2026, 11, 21)
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
+    return {
+        "cpu": cpu, "logical_cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(), "java": java, "os": platform.platform(),
+    }
+
+
+def _stage(stage: str, lake: Path, sets: dict, force: bool = False) -> tuple[dict, float]:
+    """Run one job in-process against a bench lake; returns (its metrics, wall seconds)."""
+    from rgalign_core import config, stage as stage_mod
+    import importlib
+
+    overrides = [f"lake.root={lake}", f"mlflow.tracking_uri=sqlite:///{WORK}/mlflow.db",
+                 f"mlflow.artifact_root={WORK}/mlartifacts", "mlflow.experiment=rgalign-bench"]
+    overrides += [f"{k}={v}" for k, v in sets.items()]
+    cfg = config.load(stage, overrides)
+    job = importlib.import_module(f"jobs.{stage}")
+    t0 = time.time()
+    result = stage_mod.execute(stage, job.run, DS, cfg, force=force)
+    return result, time.time() - t0
+
+
+def duckdb_extract(lake: Path, days: list[dt.date], raw_days: list[dt.date], lookback: int, out: Path, threads: int) -> dict:
+    """The same two SQL files on DuckDB over the same validated Parquet, written to Parquet."""
+    import duckdb
+    import sqlglot
+
+    from rgalign_core.spark import sql_text
+
+    con = duckdb.connect()
+    con.execute(f"SET threads = {threads}")
+    views = {"sessions": "chatbot_sessions", "orders": "orders", "events": "behaviour_events", "users": "users",
+             "impressions": "intent_impressions", "kb": "kb_intents"}
+    for view, table in views.items():
+        files = [str(lake / "validated" / table / f"dt={d}" / "part-00000.parquet") for d in raw_days]
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({files!r}, hive_partitioning = true)")
+    feats_sql = sqlglot.transpile(sql_text("session_features.sql"), read="spark", write="duckdb")[0]
+    samples_sql = sqlglot.transpile(sql_text("samples.sql"), read="spark", write="duckdb")[0]
+    t0 = time.time()
+    params = {"first_day": days[0].isoformat(), "last_day": days[-1].isoformat(), "lookback_days": lookback}
+    con.execute(f"CREATE TEMP TABLE session_features AS {feats_sql}", params)
+    leaks = con.execute("SELECT count(*) FROM session_features WHERE max_event_time_used >= session_time").fetchone()[0]
+    out.mkdir(parents=True, exist_ok=True)
+    con.execute(f"COPY (SELECT * EXCLUDE (max_event_time_used) FROM session_features ORDER BY session_id) "
+                f"TO '{out}/sessions' (FORMAT parquet, PARTITION_BY (dt), OVERWRITE_OR_IGNORE)")
+    con.execute(f"COPY ({samples_sql} ORDER BY session_id, position) TO '{out}/samples' "
+                f"(FORMAT parquet, PARTITION_BY (dt), OVERWRITE_OR_IGNORE)")
+    seconds = time.time() - t0
+    sessions = con.execute(f"SELECT count(*), sum(n_orders), sum(n_searches_24h), count(recent_searches), sum(length(prompt)) "
+                           f"FROM read_parquet('{out}/sessions/*/*.parquet')").fetchone()
+    samples = con.execute(f"SELECT count(*), sum(clicked) FROM read_parquet('{out}/samples/*/*.parquet')").fetchone()
+    return {"seconds": seconds, "leaks": leaks, "sessions": sessions[0], "check": [int(x) for x in sessions[1:]],
+            "samples": samples[0], "clicks": int(samples[1])}
+
+
+def spark_check(lake: Path, days: list[dt.date]) -> dict:
+    import duckdb
+
+    con = duckdb.connect()
+    files = [str(lake / "features" / "sessions" / f"dt={d}" / "*.parquet") for d in days]
+    s = con.execute(f"SELECT count(*), sum(n_orders), sum(n_searches_24h), count(recent_searches), sum(length(prompt)) FROM read_parquet({files!r})").fetchone()
+    files = [str(lake / "features" / "samples" / f"dt={d}" / "*.parquet") for d in days]
+    c = con.execute(f"SELECT count(*), sum(clicked) FROM read_parquet({files!r})").fetchone()
+    return {"sessions": s[0], "check": [int(x) for x in s[1:]], "samples": c[0], "clicks": int(c[1])}
+
+
+def spark_extract(lake: Path, days, raw_days, lookback: int, master: str) -> dict:
+    """Spark session start and the extraction itself, timed apart."""
+    from jobs.extract_features import extract
+    from rgalign_core import config
+    from rgalign_core import spark as sparkx
+    from rgalign_core.lake import Lake
+
+    cfg = config.load("extract_features", [f"spark.master={master}"])
+    t0 = time.time()
+    spark = sparkx.session(cfg)
+    spark.range(1).count()
+    start = time.time() - t0
+    t0 = time.time()
+    extract(spark, Lake(str(lake)), days, raw_days, lookback, {"fingerprint": "bench"})
+    seconds = time.time() - t0
+    spark.stop()
+    return {"session_start_s": start, "seconds": seconds}
+
+
+def foundation(scales: list[str], dag: bool) -> dict:
+    from rgalign_core import config
+    from rgalign_core.stage import windows
+
+    cfg = config.load("simulate_logs")
+    w = windows(DS, cfg)
+    lookback = int(cfg["windows"]["feature_lookback_days"])
+    threads = os.cpu_count() or 2
+    rows = []
+    for scale in scales:
+        lake = WORK / scale / "lake"
+        shutil.rmtree(WORK / scale, ignore_errors=True)
+        print(f"[{scale}] simulate", flush=True)
+        sim, sim_s = _stage("simulate_logs", lake, {"sim.scale": scale})
+        print(f"[{scale}] validate", flush=True)
+        _, val_s = _stage("validate_raw", lake, {})
+        events = sum(_rows(lake, "validated", "behaviour_events", w["raw"]))
+        print(f"[{scale}] spark ({events:,} behaviour events)", flush=True)
+        sp = spark_extract(lake, w["samples"], w["raw"], lookback, "local[*]")
+        sp.update(spark_check(lake, w["samples"]))
+        print(f"[{scale}] duckdb", flush=True)
+        dk = duckdb_extract(lake, w["samples"], w["raw"], lookback, WORK / scale / "duckdb_out", threads)
+        agree = all(sp[k] == dk[k] for k in ("sessions", "samples", "clicks", "check"))
+        rows.append({
+            "scale": scale, "users": sim.get("users"), "behaviour_events": events, "sessions": sp["sessions"],
+            "samples": sp["samples"], "simulate_s": sim_s, "validate_s": val_s,
+            "spark_session_start_s": sp["session_start_s"], "spark_s": sp["seconds"], "duckdb_s": dk["seconds"],
+            "spark_events_per_s": events / sp["seconds"], "duckdb_events_per_s": events / dk["seconds"],
+            "spark_over_duckdb": sp["seconds"] / dk["seconds"], "engines_agree": agree,
+            "spark_check": sp, "duckdb_check": dk,
+        })
+        print(json.dumps(rows[-1], indent=1, default=str), flush=True)
+        shutil.rmtree(WORK / scale, ignore_errors=True)
+    out = {"name": "foundation", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "machine": machine(), "threads": threads, "extraction": rows}
+    if dag:
+        out["dag"] = dag_wall_time()
+    return out
+
+
+def _rows(lake: Path, area: str, table: str, days) -> list[int]:
+    return [json.loads((lake / area / table / f"dt={d}" / "_SUCCESS").read_text()).get("rows", 0) for d in days]
+
+
+def dag_wall_time(scale: str = "small") -> dict:
+    """`airflow dags test` of the whole DAG on a fresh lake and Airflow home."""
+    home = WORK / "dag" / "airflow"
+    shutil.rmtree(WORK / "dag", ignore_errors=True)
+    home.mkdir(parents=True)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
+           "RGALIGN_LAKE_ROOT": str(WORK / "dag" / "lake"), "MLFLOW_TRACKING_URI": f"sqlite:///{WORK}/dag/mlflow.db",
+           "RGALIGN_MLFLOW_ARTIFACT_ROOT": str(WORK / "dag" / "mlartifacts"), "RGALIGN_TASK_RETRIES": "0"}
+    subprocess.run([str(bin_dir / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run([str(bin_dir / "airflow"), "pools", "set", "rgalign_heavy", "1", "bench"], env=env, check=True, capture_output=True)
+    t0 = time.time()
+    proc = subprocess.run([str(bin_dir / "airflow"), "dags", "test", "rgalign_nightly", DS.isoformat(), "--conf",
+                           json.dumps({"scale": scale})], env=env, capture_output=True, text=True, cwd=ROOT)
+    wall = time.time() - t0
+    shutil.rmtree(WORK / "dag", ignore_errors=True)
+    return {"scale": scale, "wall_s": wall, "ok": proc.returncode == 0, "tasks": "simulate_logs, validate_raw, extract_features"}
+
+
+def write_benchmarks_md() -> None:
+    """BENCHMARKS.md from every results file (so each benchmark owns its section)."""
+    parts = ["# Benchmarks\n", "Generated by `make bench` from `bench/results/*.json`; do not edit by hand.\n"]
+    for path in sorted(RESULTS.glob("*.json")):
+        r = json.loads(path.read_text())
+        m = r["machine"]
+        parts.append(f"\n## {r['name']} ({r['date']})\n")
+        parts.append(f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['ram_gib']} GiB RAM, "
+                     f"Python {m['python']}, {m['java']}, {m['os']}. No GPU.\n")
+        if r["name"] == "foundation":
+            parts.append(
+                "\n### Feature extraction: Spark vs DuckDB on the same SQL and the same Parquet\n\n"
+                "Spark (`local[*]`) runs `sql/session_features.sql` + `sql/samples.sql` and writes both tables "
+                "by day, as `extract_features` does (the leakage check included). DuckDB "
+                f"({r['threads']} threads) runs the same files transpiled by sqlglot and writes the same tables. "
+                "Times exclude Spark's session start (shown apart). *Agree* = both engines give the same "
+                "session and sample counts, clicks, sums of three feature columns and the total prompt length.\n\n"
+                "| scale | users | behaviour events | sessions | samples | Spark s | Spark events/s | DuckDB s | "
+                "DuckDB events/s | Spark / DuckDB time | agree | Spark session start s |\n"
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n")
+            for x in r["extraction"]:
+                parts.append(
+                    f"| {x['scale']} | {x['users']:,} | {x['behaviour_events']:,} | {x['sessions']:,} | {x['samples']:,} | "
+                    f"{x['spark_s']:.1f} | {x['spark_events_per_s']:,.0f} | {x['duckdb_s']:.1f} | "
+                    f"{x['duckdb_events_per_s']:,.0f} | {x['spark_over_duckdb']:.1f}× | {'yes' if x['engines_agree'] else 'NO'} | "
+                    f"{x['spark_session_start_s']:.1f} |\n")
+            parts.append("\nSimulation and validation at the same scales (wall seconds, one process):\n\n"
+                         "| scale | simulate_logs s | validate_raw s |\n|---|---:|---:|\n")
+            for x in r["extraction"]:
+                parts.append(f"| {x['scale']} | {x['simulate_s']:.1f} | {x['validate_s']:.1f} |\n")
+            if "dag" in r:
+                d = r["dag"]
+                parts.append(f"\n### Whole DAG\n\n`airflow dags test rgalign_nightly` on a fresh lake, scale `{d['scale']}` "
+                             f"({d['tasks']}): **{d['wall_s']:.0f} s** wall{'' if d['ok'] else ' (FAILED)'}.\n")
+        if "notes" in r:
+            parts.append("\n" + r["notes"] + "\n")
+    (ROOT / "BENCHMARKS.md").write_text("".join(parts))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scales", default="small,medium,large", help="simulator scales for the extraction benchmark")
+    p.add_argument("--no-dag", action="store_true", help="skip the whole-DAG wall time")
+    p.add_argument("--only-md", action="store_true", help="only regenerate BENCHMARKS.md from bench/results")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if not args.only_md:
+        from rgalign_core.stage import setup_logging
+
+        setup_logging()
+        WORK.mkdir(parents=True, exist_ok=True)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        result = foundation(args.scales.split(","), dag=not args.no_dag)
+        (RESULTS / "foundation.json").write_text(json.dumps(result, indent=2, default=str))
+    write_benchmarks_md()
+    print((ROOT / "BENCHMARKS.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
