@@ -1,0 +1,171 @@
+"""Build and train the built-in tiny reasoner LLM on the domain corpus, with DeepSpeed.
+
+Only for ``reasoner.base_model: builtin:tiny`` (with a real checkpoint path there is nothing to
+bootstrap and the task logs that and returns). The corpus: KB intents (title + answer) and, for
+each training session, its verbalised prompt followed by the candidate latent queries of the
+non-LLM teachers (rules over the discrete state, retrieval over the session's text). A byte-level
+BPE tokenizer is trained on it, a small Qwen3 is built from ``reasoner.tiny``, and the shared
+DeepSpeed loop (rgalign_core/ds_trainer.py) trains it as a causal LM on packed blocks, launched
+by the ``deepspeed`` launcher on ``train.nproc`` processes. The result, safetensors + tokenizer +
+config, is written atomically to ``models/reasoner/ds=<ds>/`` and logged to MLflow.
+
+    python -m jobs.bootstrap_reasoner --ds 2026-11-21
+    python -m jobs.bootstrap_reasoner --ds 2026-11-21 --set train.steps=50 --set train.nproc=2
+    python -m jobs.bootstrap_reasoner --ds 2026-11-21 --set train.ds_config=conf/deepspeed/zero2.json
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from rgalign_core import stage
+from rgalign_core.config import PROJECT_ROOT, fingerprint
+
+log = logging.getLogger("rgalign.bootstrap_reasoner")
+VERSION = 1
+
+
+def reasoner_dir(lake, ds) -> str:
+    return lake.partition("models", "reasoner", ds, key="ds")
+
+
+def resolve_reasoner(ctx: stage.Context) -> str:
+    """Where the reasoner for this logical date lives: the bootstrapped tiny model or a checkpoint."""
+    base = ctx.cfg["reasoner"]["base_model"]
+    if base != "builtin:tiny":
+        if not Path(base, "config.json").exists():
+            raise stage.StageError(f"reasoner.base_model={base!r}: no config.json there; give a local Hugging Face checkpoint directory")
+        return base
+    path = reasoner_dir(ctx.lake, ctx.ds)
+    ctx.lake.require(path, "the bootstrapped reasoner (run bootstrap_reasoner for this date)")
+    return path
+
+
+def load_inputs(ctx: stage.Context):
+    """Training sessions (prompt + features) and the KB snapshot of ds."""
+    import pyarrow as pa
+
+    lake = ctx.lake
+    days = ctx.windows()["train"]
+    sessions = pa.concat_tables([lake.read_partition(lake.partition("features", "sessions", d), "features.sessions") for d in days])
+    kb = lake.read_partition(lake.partition("validated", "kb_intents", ctx.ds), "validated.kb_intents")
+    return days, sessions, kb
+
+
+def build_corpus(ctx: stage.Context, sessions, kb) -> tuple[list[str], dict]:
+    from rgalign_core import teachers
+    from rgalign_core.reasoner import EOS, format_prompt
+
+    cfg = ctx.cfg
+    template = cfg["reasoner"]["template"]
+    docs = [f"Question: {t}\nAnswer: {a}{EOS}" for t, a in zip(kb["title"].to_pylist(), kb["answer"].to_pylist())]
+    rows = sessions.to_pylist()
+    kb_rows = kb.to_pylist()
+    counts = {}
+    for spec in cfg["bootstrap"]["corpus_teachers"]:
+        teacher = teachers.build(spec, cfg, kb=kb_rows, seed=int(cfg["bootstrap"]["seed"]))
+        cands = teacher.generate(rows, int(cfg["bootstrap"]["queries_per_teacher"]))
+        n = 0
+        for row, qs in zip(rows, cands):
+            for q in qs:
+                docs.append(f"{format_prompt(template, row['prompt'])} {q}{EOS}")
+                n += 1
+        counts[f"corpus_queries.{teacher.teacher_id}"] = n
+    return docs, counts
+
+
+def pack(tokenizer, docs: list[str], block: int):
+    import numpy as np
+
+    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    flat = np.fromiter((t for doc in ids for t in doc), dtype=np.int32)
+    n = len(flat) // block
+    return flat[: n * block].reshape(n, block), len(flat)
+
+
+def run(ctx: stage.Context) -> dict:
+    import numpy as np
+
+    from rgalign_core import ds_trainer
+    from rgalign_core.reasoner import Reasoner, build_tiny, model_version, train_tokenizer
+
+    cfg, lake = ctx.cfg, ctx.lake
+    if cfg["reasoner"]["base_model"] != "builtin:tiny":
+        log.info("reasoner.base_model is a checkpoint (%s): nothing to bootstrap", cfg["reasoner"]["base_model"])
+        return {"skipped": 1}
+    days, sessions, kb = load_inputs(ctx)
+    out = reasoner_dir(lake, ctx.ds)
+    in_fp = [lake.marker(lake.partition("features", "sessions", d)).get("fingerprint") for d in days]
+    fp = fingerprint({"version": VERSION, "reasoner": cfg["reasoner"], "bootstrap": cfg["bootstrap"], "train": cfg["train"], "inputs": in_fp})
+    if ctx.up_to_date([out], fp):
+        log.info("reasoner for %s is up to date; use --force to retrain", ctx.ds)
+        return {"skipped": 1}
+
+    docs, counts = build_corpus(ctx, sessions, kb)
+    tokenizer = train_tokenizer(docs, int(cfg["reasoner"]["tiny"]["vocab_size"]))
+    tcfg = cfg["train"]
+    blocks, n_tokens = pack(tokenizer, docs, int(tcfg["block_size"]))
+    log.info("corpus: %d documents, %d tokens, %d blocks of %d", len(docs), n_tokens, len(blocks), tcfg["block_size"])
+    arch = {k: v for k, v in cfg["reasoner"]["tiny"].items() if k != "vocab_size"}
+    model = build_tiny(tokenizer, arch, seed=int(cfg["bootstrap"]["seed"]))
+    n_params = sum(p.numel() for p in model.parameters())
+
+    work = Path(tempfile.mkdtemp(prefix="rgalign-bootstrap-"))
+    try:
+        model.save_pretrained(work / "init", safe_serialization=True)
+        np.save(work / "blocks.npy", blocks)
+        with lake.write_partition(out, {"fingerprint": fp}) as tmp:
+            spec = {
+                "name": "bootstrap", "objective": "causal_lm", "model_dir": str(work / "init"), "data": str(work / "blocks.npy"),
+                "ds_config": str(PROJECT_ROOT / tcfg["ds_config"]), "global_batch": int(tcfg["global_batch"]),
+                "train_steps": int(tcfg["steps"]), "lr": float(tcfg["lr"]), "warmup_steps": int(tcfg["warmup_steps"]),
+                "seed": int(tcfg["seed"]), "log_every": int(tcfg["log_every"]), "save_every": int(tcfg.get("save_every", 0)),
+                "checkpoint_dir": str(work / "checkpoints"), "resume": False, "out_dir": tmp,
+                "mlflow_tracking_uri": cfg["mlflow"]["tracking_uri"], "mlflow_run_id": ctx.tracker.run_id,
+            }
+            history = ds_trainer.launch(spec, int(tcfg["nproc"]), work / "run")
+            tokenizer.save_pretrained(tmp)
+            Path(tmp, "rgalign.json").write_text(json.dumps({"template": cfg["reasoner"]["template"], "base_model": "builtin:tiny",
+                                                             "ds": ctx.ds_str, "corpus_tokens": n_tokens}, indent=2))
+        version = model_version(out)
+        reasoner = Reasoner.load(out)
+        rows = sessions.slice(0, 8).to_pylist()
+        queries = reasoner.generate([r["prompt"] for r in rows], max_new_tokens=int(cfg["reasoner"]["max_new_tokens"]))
+        ctx.tracker.text("\n\n".join(f"PROMPT: {r['prompt']}\nQUERY:  {q}" for r, q in zip(rows, queries)), "sample_generations.txt")
+        ctx.tracker.artifact(out, "reasoner")
+        ctx.tracker.text("\n".join(json.dumps(h) for h in history), "train_history.jsonl")
+        _plot_loss(ctx, history)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    last = history[-1]
+    return {"final_loss": last["loss"], "first_loss": history[0]["loss"], "tokens_per_s": float(np.mean([h["tokens_per_s"] for h in history[1:]] or [last["tokens_per_s"]])),
+            "corpus_tokens": n_tokens, "corpus_documents": len(docs), "parameters": n_params, "steps": int(tcfg["steps"]),
+            "nproc": int(tcfg["nproc"]), "reasoner_version": version, **counts}
+
+
+def _plot_loss(ctx: stage.Context, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("causal-LM loss")
+    ax.set_title("bootstrap_reasoner: training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    ctx.tracker.figure(fig, "loss_curve.png")
+    plt.close(fig)
+
+
+def main(argv=None):
+    return stage.main("bootstrap_reasoner", run, __doc__, argv)
+
+
+if __name__ == "__main__":
+    main()

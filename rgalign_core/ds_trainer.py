@@ -1,0 +1,218 @@
+"""The one DeepSpeed training loop for every reasoner stage (bootstrap now; RG-SFT, DPO, RG-CL later).
+
+A stage's job writes a *spec* (JSON: model dir, token data, DeepSpeed config, steps, where to
+checkpoint and save) and calls ``launch(spec, nproc)``, which runs this module under the
+``deepspeed`` launcher: ``--num_gpus N`` on a GPU box, N CPU processes with gloo here, the same
+code path. Rank 0 logs loss, tokens/s and lr every ``log_every`` steps (to a JSONL file and, when a
+run id is given, straight to the stage's MLflow run) with a progress bar, checkpoints with
+DeepSpeed's own ``save_checkpoint``, and saves the final model with ``save_pretrained``.
+
+Data parallelism is by global batch: step ``s`` takes rows ``perm[s*G:(s+1)*G]`` of a seeded
+permutation, and rank ``r`` its ``r``-th slice, so 1 process and 2 processes see the same global
+batch and a resumed run continues with exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("rgalign.ds_trainer")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- launching (in the job's process) ------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(spec: dict, nproc: int, workdir: Path) -> list[dict]:
+    """Run the training described by ``spec`` on ``nproc`` processes; returns the logged metrics."""
+    import torch
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path = workdir / "spec.json"
+    spec = {**spec, "metrics_file": str(workdir / "metrics.jsonl")}
+    spec_path.write_text(json.dumps(spec, indent=2))
+    Path(spec["metrics_file"]).unlink(missing_ok=True)
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    cmd = [str(deepspeed), "--num_gpus", str(nproc), "--master_port", str(free_port()),
+           "--module", "rgalign_core.ds_trainer", "--spec", str(spec_path)]
+    env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}:{os.environ.get('PYTHONPATH', '')}"}
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        # Split the cores between the processes instead of oversubscribing them.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    log.info("launching: %s", " ".join(cmd))
+    proc = subprocess.run(cmd, env=env, cwd=PROJECT_ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"DeepSpeed training failed (exit {proc.returncode}); see the log above. Command: {' '.join(cmd)}")
+    return [json.loads(line) for line in Path(spec["metrics_file"]).read_text().splitlines()]
+
+
+# ---- objectives -----------------------------------------------------------------------------------
+
+def causal_lm_loss(model, batch):
+    """Next-token loss over every position of packed blocks (no padding)."""
+    out = model(input_ids=batch, labels=batch)
+    return out.loss, int(batch.numel())
+
+
+OBJECTIVES = {"causal_lm": causal_lm_loss}
+
+
+# ---- the loop (in each launched process) ----------------------------------------------------------
+
+def ds_config(spec: dict, world: int) -> dict:
+    cfg = json.loads(Path(spec["ds_config"]).read_text())
+    accum = int(cfg.get("gradient_accumulation_steps", 1))
+    global_batch = int(spec["global_batch"])
+    if global_batch % (world * accum):
+        raise ValueError(f"global_batch {global_batch} is not divisible by world size {world} x grad accumulation {accum}")
+    cfg["train_micro_batch_size_per_gpu"] = global_batch // (world * accum)
+    cfg["gradient_accumulation_steps"] = accum
+    cfg["train_batch_size"] = global_batch
+    return cfg
+
+
+def train(spec: dict) -> None:
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    deepspeed.init_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(int(spec["seed"]))
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], local_files_only=True, dtype=torch.float32)
+    model.config.use_cache = False
+    cfg = ds_config(spec, world)
+    # A torch optimizer: DeepSpeed's own Adam would JIT-compile fused/cpu Adam ops on CPU.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(spec["lr"]), weight_decay=float(spec.get("weight_decay", 0.0)),
+                                  betas=(0.9, 0.95))
+    steps = int(spec["train_steps"])
+    warmup = int(spec.get("warmup_steps", 0))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.1, 1 - s / max(1, steps)))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=cfg)
+
+    data = np.load(spec["data"], mmap_mode="r")
+    micro, accum = cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]
+    global_batch = cfg["train_batch_size"]
+    rng = np.random.default_rng(int(spec["seed"]))
+    per_epoch = len(data) // global_batch
+    if per_epoch == 0:
+        raise ValueError(f"{len(data)} training rows is fewer than one global batch ({global_batch})")
+    perms: dict[int, np.ndarray] = {}
+
+    def batch_rows(step: int) -> np.ndarray:
+        epoch, pos = divmod(step, per_epoch)
+        while epoch not in perms:  # permutations drawn in order, so step -> rows is fixed
+            perms[len(perms)] = rng.permutation(len(data))
+        rows = perms[epoch][pos * global_batch:(pos + 1) * global_batch]
+        return rows[rank * micro * accum:(rank + 1) * micro * accum]
+
+    start = 0
+    ckpt = spec.get("checkpoint_dir")
+    if spec.get("resume") and ckpt and Path(ckpt, "latest").exists():
+        _, client = engine.load_checkpoint(ckpt)
+        start = int(client["step"])
+        if rank == 0:
+            log.info("resumed from %s at step %d", ckpt, start)
+
+    objective = OBJECTIVES[spec.get("objective", "causal_lm")]
+    mlflow_client = None
+    if rank == 0 and spec.get("mlflow_run_id"):
+        import mlflow
+
+        mlflow.set_tracking_uri(spec["mlflow_tracking_uri"])
+        mlflow_client = mlflow.MlflowClient()
+    metrics_file = open(spec["metrics_file"], "a") if rank == 0 else None
+    log_every, save_every = int(spec.get("log_every", 10)), int(spec.get("save_every", 0))
+    bar = tqdm(total=steps, initial=start, desc=spec.get("name", "train"), unit="step", disable=rank != 0)
+    t_last, tokens_since = time.time(), 0
+    engine.train()
+    for step in range(start, steps):
+        rows = batch_rows(step)
+        loss_sum = 0.0
+        for a in range(accum):
+            mb = torch.from_numpy(np.asarray(data[rows[a * micro:(a + 1) * micro]], dtype=np.int64))
+            loss, n_tokens = objective(engine, mb)
+            engine.backward(loss)
+            engine.step()
+            loss_sum += float(loss.detach())
+            tokens_since += n_tokens * world
+        # The global batch's loss: mean over accumulation steps and ranks.
+        mean_loss = torch.tensor(loss_sum / accum)
+        dist.all_reduce(mean_loss)
+        mean_loss = float(mean_loss) / world
+        bar.update(1)
+        if rank == 0 and ((step + 1) % log_every == 0 or step == start or step + 1 == steps):
+            dt_s = time.time() - t_last
+            row = {"step": step + 1, "loss": mean_loss, "tokens_per_s": tokens_since / max(dt_s, 1e-9),
+                   "lr": schedule.get_last_lr()[0]}
+            bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+            if mlflow_client:
+                ts = int(time.time() * 1000)
+                for k in ("loss", "tokens_per_s", "lr"):
+                    mlflow_client.log_metric(spec["mlflow_run_id"], f"{spec.get('name', 'train')}/{k}", row[k], ts, step + 1)
+            t_last, tokens_since = time.time(), 0
+        if ckpt and save_every and (step + 1) % save_every == 0 and step + 1 < steps:
+            engine.save_checkpoint(ckpt, tag=f"step{step + 1}", client_state={"step": step + 1})
+    bar.close()
+    if ckpt:
+        engine.save_checkpoint(ckpt, tag=f"step{steps}", client_state={"step": steps})
+    save_final(engine, spec, rank)
+    dist.barrier()
+    if metrics_file:
+        metrics_file.close()
+    dist.destroy_process_group()
+
+
+def save_final(engine, spec: dict, rank: int) -> None:
+    """The trained model as a plain Hugging Face checkpoint (safetensors) in spec["out_dir"]."""
+    import deepspeed
+
+    if not spec.get("out_dir"):
+        return
+    module = engine.module
+    params = list(module.parameters())
+    gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if engine.zero_optimization_stage() == 3 else None
+    if gather:
+        gather.__enter__()
+    try:
+        if rank == 0:
+            out = Path(spec["out_dir"])
+            shutil.rmtree(out, ignore_errors=True)
+            module.save_pretrained(out, safe_serialization=True)
+    finally:
+        if gather:
+            gather.__exit__(None, None, None)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="DeepSpeed worker: run under the deepspeed launcher (see launch()).")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--local_rank", type=int, default=0)  # passed by some launchers
+    args, _ = p.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    train(json.loads(Path(args.spec).read_text()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The reasoner: a causal LM that reads a session's verbalised state and writes its latent query.
+
+``Reasoner.load(path)`` loads any Hugging Face causal-LM checkpoint from disk (a Qwen3 model, or
+the built-in tiny one that ``jobs/bootstrap_reasoner.py`` builds and trains); nothing is fetched
+from a hub. Batches are left-padded; ``embed`` pools the final-layer hidden state of the last
+non-pad token of prompt + query (last-token pooling), with position ids that ignore padding so a
+text gets the same vector alone, left-padded or right-padded in a batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("rgalign.reasoner")
+
+PAD, EOS = "<|pad|>", "<|endoftext|>"
+DEFAULT_TEMPLATE = "Customer state: {prompt}\nQuestion the customer wants to ask:"
+
+
+# ---- the built-in tiny LLM -----------------------------------------------------------------------
+
+def train_tokenizer(texts, vocab_size: int):
+    """A byte-level BPE tokenizer trained on the domain corpus (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, padding_side="left")
+
+
+def build_tiny(tokenizer, arch: dict, seed: int):
+    """A small Qwen3 decoder from config, randomly initialised (seeded)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True, **arch,
+    )
+    return Qwen3ForCausalLM(config)
+
+
+def format_prompt(template: str, prompt: str) -> str:
+    return template.format(prompt=prompt)
+
+
+def model_version(path: str | Path) -> str:
+    """A content hash of the weights: outputs record it so a stale cache is never reused."""
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")):
+        h.update(f.read_bytes())
+    h.update((Path(path) / "config.json").read_bytes())
+    return h.hexdigest()[:16]
+
+
+class Reasoner:
+    def __init__(self, model, tokenizer, template: str = DEFAULT_TEMPLATE, path: str | None = None):
+        self.model = model.eval()
+        self.tok = tokenizer
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:  # many checkpoints ship without one
+            self.tok.pad_token = self.tok.eos_token
+        self.template = template
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | Path, template: str | None = None, dtype: str = "float32") -> "Reasoner":
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = str(path)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=getattr(torch, dtype))
+        meta = Path(path) / "rgalign.json"
+        if template is None and meta.exists():
+            template = json.loads(meta.read_text()).get("template")
+        return cls(model, tok, template or DEFAULT_TEMPLATE, path)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def version(self) -> str:
+        return model_version(self.path) if self.path else "in-memory"
+
+    def format(self, prompt: str) -> str:
+        return format_prompt(self.template, prompt)
+
+    # ---- batching -----------------------------------------------------------------------------
+    def _batches(self, texts: list[str], batch_size: int, sort: bool = True):
+        """Index batches, longest first when ``sort`` (less padding); yields (indices, encodings)."""
+        lengths = [len(ids) for ids in self.tok(texts, add_special_tokens=False)["input_ids"]]
+        order = np.argsort(-np.asarray(lengths), kind="stable") if sort else np.arange(len(texts))
+        for a in range(0, len(texts), batch_size):
+            idx = order[a:a + batch_size]
+            enc = self.tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            yield idx, enc
+
+    @staticmethod
+    def position_ids(mask):
+        """Positions counted over real tokens only, so padding never shifts RoPE."""
+        return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    # ---- generation ---------------------------------------------------------------------------
+    def generate(self, prompts: list[str], max_new_tokens: int = 24, temperature: float = 0.0, seed: int = 0,
+                 batch_size: int = 32, progress: bool = False) -> list[str]:
+        """Latent queries for the prompts: greedy when temperature == 0, else sampled (seeded)."""
+        import torch
+        from tqdm import tqdm
+
+        out: list[str] = [""] * len(prompts)
+        texts = [self.format(p) for p in prompts]
+        torch.manual_seed(seed)
+        batches = self._batches(texts, batch_size)
+        for idx, enc in tqdm(batches, total=-(-len(texts) // batch_size), desc="generate", unit="batch", disable=not progress):
+            with torch.no_grad():
+                gen = self.model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                    temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+                    pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
+                )
+            new = gen[:, enc["input_ids"].shape[1]:]
+            for i, row in zip(idx, self.tok.batch_decode(new, skip_special_tokens=True)):
+                out[i] = row.strip().split("\n")[0].strip()
+        return out
+
+    # ---- last-token pooling -------------------------------------------------------------------
+    def embed_texts(self, texts: list[str], batch_size: int = 32, sort: bool = True, progress: bool = False) -> np.ndarray:
+        """Final-layer hidden state at the last non-pad token of each text, as float32 [n, hidden]."""
+        import torch
+        from tqdm import tqdm
+
+        out = np.zeros((len(texts), self.hidden_size), np.float32)
+        decoder = getattr(self.model, self.model.base_model_prefix)  # skip the LM head: pooling needs no logits
+        batches = self._batches(texts, batch_size, sort)
+        for idx, enc in tqdm(batches, total=-(-len(texts) // batch_size), desc="embed", unit="batch", disable=not progress):
+            with torch.no_grad():
+                h = decoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                            position_ids=self.position_ids(enc["attention_mask"])).last_hidden_state
+            out[idx] = last_token_pool(h, enc["attention_mask"]).float().numpy()
+        return out
+
+    def query_text(self, prompt: str, query: str) -> str:
+        return f"{self.format(prompt)} {query}".rstrip()
+
+    def embed(self, prompts: list[str], queries: list[str], **kw) -> np.ndarray:
+        return self.embed_texts([self.query_text(p, q) for p, q in zip(prompts, queries)], **kw)
+
+
+def last_token_pool(hidden, mask):
+    """hidden [b, t, d], mask [b, t] -> [b, d] at each row's last real token (left or right padded)."""
+    import torch
+
+    t = mask.shape[1]
+    last = t - 1 - torch.argmax(mask.flip(1).long(), dim=1)  # index of the last 1 in each row
+    return hidden[torch.arange(hidden.shape[0]), last]
