@@ -212,6 +212,13 @@ def write_benchmarks_md() -> None:
                     f"{x['spark_s']:.1f} | {x['spark_events_per_s']:,.0f} | {x['duckdb_s']:.1f} | "
                     f"{x['duckdb_events_per_s']:,.0f} | {x['spark_over_duckdb']:.1f}× | {'yes' if x['engines_agree'] else 'NO'} | "
                     f"{x['spark_session_start_s']:.1f} |\n")
+            ratios = [x["spark_over_duckdb"] for x in r["extraction"]]
+            parts.append(
+                f"\nOn this machine DuckDB is {min(ratios):.1f}–{max(ratios):.1f}× faster than Spark on the same query; the gap "
+                "narrows as data grows (Spark's fixed per-stage overhead dominates small inputs). Spark is the engine here "
+                "because the same job must run on a cluster (`spark.master`); a single-machine user with this data size "
+                "would be well served by DuckDB. The JVM starts once per process, so only the first scale's session "
+                "start includes it.\n")
             parts.append("\nSimulation and validation at the same scales (wall seconds, one process):\n\n"
                          "| scale | simulate_logs s | validate_raw s |\n|---|---:|---:|\n")
             for x in r["extraction"]:
