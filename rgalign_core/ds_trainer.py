@@ -145,7 +145,9 @@ def train(spec: dict) -> None:
     bar = tqdm(total=steps, initial=start, desc=spec.get("name", "train"), unit="step", disable=rank != 0)
     t_last, tokens_since = time.time(), 0
     engine.train()
-    for step in range(start, steps):
+    # stop_after: end this run early (after checkpointing) as if interrupted; a resumed run continues.
+    stop_after = int(spec.get("stop_after") or steps)
+    for step in range(start, min(steps, stop_after)):
         rows = batch_rows(step)
         loss_sum = 0.0
         for a in range(accum):
@@ -160,7 +162,7 @@ def train(spec: dict) -> None:
         dist.all_reduce(mean_loss)
         mean_loss = float(mean_loss) / world
         bar.update(1)
-        if rank == 0 and ((step + 1) % log_every == 0 or step == start or step + 1 == steps):
+        if rank == 0 and ((step + 1) % log_every == 0 or step == start or step + 1 == steps or step + 1 == stop_after):
             dt_s = time.time() - t_last
             row = {"step": step + 1, "loss": mean_loss, "tokens_per_s": tokens_since / max(dt_s, 1e-9),
                    "lr": schedule.get_last_lr()[0]}
@@ -175,9 +177,11 @@ def train(spec: dict) -> None:
         if ckpt and save_every and (step + 1) % save_every == 0 and step + 1 < steps:
             engine.save_checkpoint(ckpt, tag=f"step{step + 1}", client_state={"step": step + 1})
     bar.close()
+    done = min(steps, stop_after)
     if ckpt:
-        engine.save_checkpoint(ckpt, tag=f"step{steps}", client_state={"step": steps})
-    save_final(engine, spec, rank)
+        engine.save_checkpoint(ckpt, tag=f"step{done}", client_state={"step": done})
+    if done == steps:
+        save_final(engine, spec, rank)
     dist.barrier()
     if metrics_file:
         metrics_file.close()

@@ -1,0 +1,96 @@
+"""Latent queries and their embeddings: the reasoner reads each session's prompt, writes the query,
+and its last-token pooled hidden state over prompt + query becomes the query embedding.
+
+For every session in the sample windows (train + valid + test days): build the prompt from the
+template (``reasoner.template``), generate the latent query greedily (at most
+``reasoner.max_new_tokens``), then embed prompt + query with last-token pooling. Batches are
+sorted by length. Writes ``queries/<variant>/dt=<day>/`` with ``session_id, latent_query,
+embedding`` (fixed-size float32 list) and ``reasoner_version``; a partition made by another
+reasoner version is recomputed, never reused.
+
+    python -m jobs.encode_queries --ds 2026-11-21
+    python -m jobs.encode_queries --ds 2026-11-21 --set encode.batch_size=64
+    python -m jobs.encode_queries --ds 2026-11-21 --set reasoner.base_model=/models/Qwen3-4B
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from rgalign_core import stage
+from rgalign_core.config import fingerprint
+
+log = logging.getLogger("rgalign.encode_queries")
+VERSION = 1
+
+
+def run(ctx: stage.Context) -> dict:
+    import pyarrow as pa
+
+    from jobs.bootstrap_reasoner import resolve_reasoner
+    from rgalign_core.reasoner import Reasoner, model_version
+
+    cfg, lake = ctx.cfg, ctx.lake
+    ecfg = cfg["encode"]
+    days = ctx.windows()["samples"]
+    model_path = resolve_reasoner(ctx)
+    version = model_version(model_path)
+    inputs = [lake.partition("features", "sessions", d) for d in days]
+    for p in inputs:
+        lake.require(p, "features.sessions")
+    fp = fingerprint({"version": VERSION, "reasoner_version": version, "template": cfg["reasoner"]["template"],
+                      "max_new_tokens": cfg["reasoner"]["max_new_tokens"],
+                      "inputs": [lake.marker(p).get("fingerprint") for p in inputs]})
+    outputs = [lake.partition("queries", ecfg["variant"], d) for d in days]
+    ctx.tracker.params({"reasoner_path": model_path, "reasoner_version": version})
+    if ctx.up_to_date(outputs, fp):
+        log.info("queries for %s..%s are up to date (reasoner %s)", days[0], days[-1], version)
+        return {"skipped": 1}
+
+    reasoner = Reasoner.load(model_path, template=cfg["reasoner"]["template"])
+    dim = reasoner.hidden_size
+    totals = {"sessions": 0, "generate_s": 0.0, "embed_s": 0.0, "new_tokens": 0}
+    for day, src, dst in zip(days, inputs, outputs):
+        sessions = lake.read_partition(src, "features.sessions", columns=["session_id", "prompt"])
+        prompts = sessions["prompt"].to_pylist()
+        t0 = time.time()
+        queries = reasoner.generate(prompts, max_new_tokens=int(cfg["reasoner"]["max_new_tokens"]),
+                                    batch_size=int(ecfg["batch_size"]), progress=True)
+        t1 = time.time()
+        emb = reasoner.embed(prompts, queries, batch_size=int(ecfg["batch_size"]), progress=True)
+        t2 = time.time()
+        table = pa.table({
+            "session_id": sessions["session_id"],
+            "latent_query": pa.array(queries, type=pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), type=pa.float32()), dim),
+            "reasoner_version": pa.array([version] * len(queries), type=pa.string()),
+        })
+        lake.write_table(dst, table, {"fingerprint": fp, "reasoner_version": version, "dim": dim})
+        n_tok = sum(len(t) for t in reasoner.tok(queries, add_special_tokens=False)["input_ids"])
+        totals["sessions"] += len(prompts)
+        totals["generate_s"] += t1 - t0
+        totals["embed_s"] += t2 - t1
+        totals["new_tokens"] += n_tok
+        log.info("%s: %d sessions, generate %.1fs (%.1f seq/s), embed %.1fs (%.1f seq/s)", day, len(prompts),
+                 t1 - t0, len(prompts) / max(t1 - t0, 1e-9), t2 - t1, len(prompts) / max(t2 - t1, 1e-9))
+    sample = lake.read_partition(outputs[-1], "queries")
+    ctx.tracker.text("\n".join(f"{s}\t{q}" for s, q in zip(sample["session_id"].to_pylist()[:50], sample["latent_query"].to_pylist()[:50])),
+                     "sample_queries.tsv")
+    ctx.tracker.dataset(lake, outputs, f"queries.{ecfg['variant']}", context="output")
+    n = max(totals["sessions"], 1)
+    return {
+        "sessions": totals["sessions"], "embedding_dim": dim, "reasoner_version": version,
+        "generate_seq_per_s": n / max(totals["generate_s"], 1e-9),
+        "generate_tokens_per_s": totals["new_tokens"] / max(totals["generate_s"], 1e-9),
+        "embed_seq_per_s": n / max(totals["embed_s"], 1e-9),
+        "mean_query_tokens": totals["new_tokens"] / n,
+        "empty_queries": int(sum(1 for d in outputs for q in lake.read_partition(d, "queries", ["latent_query"])["latent_query"].to_pylist() if not q)),
+    }
+
+
+def main(argv=None):
+    return stage.main("encode_queries", run, __doc__, argv)
+
+
+if __name__ == "__main__":
+    main()

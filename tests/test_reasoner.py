@@ -1,0 +1,68 @@
+"""Last-token pooling and generation on a small randomly initialised model (no training needed)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rgalign_core.reasoner import Reasoner, build_tiny, last_token_pool, train_tokenizer
+
+CORPUS = [
+    "Customer state: a gold VIP customer in SG has 1 delayed order. Question: Why is my order delayed?",
+    "Customer state: a regular customer in ID, a payment failed 2h ago. Question: My payment failed",
+    "Customer state: refund pending for 40h, recent searches: refund status. Question: When will I get my refund?",
+] * 20
+ARCH = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=8, max_position_embeddings=256)
+
+
+@pytest.fixture(scope="module")
+def reasoner(tmp_path_factory):
+    tok = train_tokenizer(CORPUS, 300)
+    model = build_tiny(tok, ARCH, seed=0)
+    path = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return Reasoner.load(path)
+
+
+def _cos(a, b):
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_same_text_same_embedding_alone_left_or_right_padded(reasoner):
+    short = "Customer state: payment failed"
+    long_ = "Customer state: a regular customer in ID with a delayed order and a refund pending for 40h"
+    alone = reasoner.embed_texts([short], batch_size=1)[0]
+    left = reasoner.embed_texts([long_, short], batch_size=2)[1]  # left padding (the default)
+    reasoner.tok.padding_side = "right"
+    try:
+        right = reasoner.embed_texts([long_, short], batch_size=2)[1]
+    finally:
+        reasoner.tok.padding_side = "left"
+    assert _cos(alone, left) >= 0.9999 and _cos(alone, right) >= 0.9999
+    # and a different text is not the same vector
+    assert _cos(alone, reasoner.embed_texts([long_], batch_size=1)[0]) < 0.999
+
+
+def test_pooling_picks_the_last_real_token_never_a_pad():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert last_token_pool(hidden, left).flatten().tolist() == [3.0, 7.0]
+    assert last_token_pool(hidden, right).flatten().tolist() == [1.0, 7.0]
+
+
+def test_batches_sorted_by_length_keep_the_input_order(reasoner):
+    texts = ["a b", "a much longer text with many words in it", "mid length text"]
+    batched = reasoner.embed_texts(texts, batch_size=2, sort=True)
+    single = np.stack([reasoner.embed_texts([t], batch_size=1)[0] for t in texts])
+    assert all(_cos(x, y) >= 0.9999 for x, y in zip(batched, single))
+
+
+def test_generation_is_greedy_deterministic_and_bounded(reasoner):
+    prompts = ["a gold VIP customer in SG has 1 delayed order.", "a payment failed 2h ago."]
+    a = reasoner.generate(prompts, max_new_tokens=6)
+    b = reasoner.generate(prompts[::-1], max_new_tokens=6)[::-1]
+    assert a == b and all(isinstance(q, str) for q in a)
+    assert all(len(reasoner.tok(q, add_special_tokens=False)["input_ids"]) <= 6 + 1 for q in a)
