@@ -28,8 +28,9 @@ DS = "{{ ds | default((dag_run.run_after - macros.timedelta(days=1)).strftime('%
 DOC_MD = """
 # rgalign_nightly
 
-Every night: logs → validated tables → point-in-time features (Spark) → (later stages:
-reasoner, rankers, alignment, evaluation, publish). Each task is one job in `jobs/`, each
+Every night: logs → validated tables → point-in-time features (Spark) → the reasoner LLM
+(bootstrap with DeepSpeed, teachers' candidate queries, latent-query embeddings) → (later
+stages: rankers, alignment, evaluation, publish). Each task is one job in `jobs/`, each
 recorded as an MLflow child run under one parent run per DAG run.
 
 | task | job | writes (under the lake root) |
@@ -38,13 +39,17 @@ recorded as an MLflow child run under one parent run per DAG run.
 | `simulate_logs` | `jobs/simulate_logs.py` | `raw/<table>/dt=…`, `truth/…` |
 | `validate_raw` | `jobs/validate_raw.py` | `validated/<table>/dt=…`, `quarantine/<table>/dt=…` |
 | `extract_features` | `jobs/extract_features.py` + `sql/*.sql` | `features/sessions/dt=…`, `features/samples/dt=…` |
+| `bootstrap_reasoner` | `jobs/bootstrap_reasoner.py` (DeepSpeed) | `models/reasoner/ds=…` (built-in tiny LLM only) |
+| `teachers_generate` | `jobs/teachers_generate.py` | `teachers/candidates/dt=…` |
+| `encode_queries` | `jobs/encode_queries.py` | `queries/base/dt=…` (latent query + embedding) |
 
 **Rerun one stage** for a date (inputs are found from the date, never from XComs):
 
     airflow tasks test rgalign_nightly extract_features 2026-11-21
 
 **Params**: `source` (simulator | lake), `lake_root` (empty = config default), `scale`
-(simulator size), `seed`, `force` (recompute outputs that are already up to date).
+(simulator size), `seed`, `force` (recompute outputs that are already up to date),
+`overrides` (config values for every job, e.g. `["train.steps=50", "encode.batch_size=32"]`).
 """
 
 
@@ -54,6 +59,7 @@ def job(stage: str, **kwargs) -> BashOperator:
         f"{PYTHON} -m jobs.{stage} --ds {DS} --run-id '{{{{ run_id }}}}'"
         " --set source={{ params.source }} --set sim.scale={{ params.scale }} --set sim.seed={{ params.seed }}"
         "{% if params.lake_root %} --set lake.root={{ params.lake_root }}{% endif %}"
+        "{% for o in params.overrides %} --set '{{ o }}'{% endfor %}"
         "{% if params.force %} --force{% endif %}"
     )
     return BashOperator(
@@ -84,6 +90,8 @@ def job(stage: str, **kwargs) -> BashOperator:
                        description="simulator size (see conf/simulate_logs.yaml)"),
         "seed": Param(17, type="integer", minimum=0, description="simulator seed"),
         "force": Param(False, type="boolean", description="recompute outputs that are already up to date"),
+        "overrides": Param([], type="array", items={"type": "string"},
+                           description='config overrides passed to every job, e.g. ["train.steps=50"]'),
     },
 )
 def rgalign_nightly():
@@ -94,9 +102,12 @@ def rgalign_nightly():
     simulate = job("simulate_logs")
     validate = job("validate_raw", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     features = job("extract_features", pool=HEAVY_POOL)
+    bootstrap = job("bootstrap_reasoner", pool=HEAVY_POOL)
+    teachers = job("teachers_generate")
+    encode = job("encode_queries", pool=HEAVY_POOL)
 
     choose_source() >> [simulate, validate]
-    simulate >> validate >> features
+    simulate >> validate >> features >> bootstrap >> [teachers, encode]
 
 
 rgalign_nightly()

@@ -28,53 +28,41 @@ log = logging.getLogger("rgalign.bootstrap_reasoner")
 VERSION = 1
 
 
-def reasoner_dir(lake, ds) -> str:
-    return lake.partition("models", "reasoner", ds, key="ds")
+def require_reasoner(ctx: stage.Context) -> str:
+    """The reasoner for this logical date, or a StageError that says what to run or set."""
+    from rgalign_core.reasoner import reasoner_dir, resolve_reasoner
 
-
-def resolve_reasoner(ctx: stage.Context) -> str:
-    """Where the reasoner for this logical date lives: the bootstrapped tiny model or a checkpoint."""
-    base = ctx.cfg["reasoner"]["base_model"]
-    if base != "builtin:tiny":
-        if not Path(base, "config.json").exists():
-            raise stage.StageError(f"reasoner.base_model={base!r}: no config.json there; give a local Hugging Face checkpoint directory")
-        return base
-    path = reasoner_dir(ctx.lake, ctx.ds)
-    ctx.lake.require(path, "the bootstrapped reasoner (run bootstrap_reasoner for this date)")
+    path = resolve_reasoner(ctx.lake, ctx.ds, ctx.cfg)
+    if path is None:
+        base = ctx.cfg["reasoner"]["base_model"]
+        if base == "builtin:tiny":
+            raise stage.StageError(f"no reasoner at {reasoner_dir(ctx.lake, ctx.ds)}: run bootstrap_reasoner for {ctx.ds} first")
+        raise stage.StageError(f"reasoner.base_model={base!r}: no config.json there; give a local Hugging Face checkpoint directory")
     return path
 
 
-def load_inputs(ctx: stage.Context):
-    """Training sessions (prompt + features) and the KB snapshot of ds."""
-    import pyarrow as pa
-
-    lake = ctx.lake
-    days = ctx.windows()["train"]
-    sessions = pa.concat_tables([lake.read_partition(lake.partition("features", "sessions", d), "features.sessions") for d in days])
-    kb = lake.read_partition(lake.partition("validated", "kb_intents", ctx.ds), "validated.kb_intents")
-    return days, sessions, kb
-
-
-def build_corpus(ctx: stage.Context, sessions, kb) -> tuple[list[str], dict]:
+def build_corpus(ctx: stage.Context) -> tuple[list[str], dict, int]:
+    """KB texts, and each training session's prompt followed by the non-LLM teachers' queries."""
+    from jobs.teachers_generate import kb_reader, read_sessions
     from rgalign_core import teachers
     from rgalign_core.reasoner import EOS, format_prompt
 
-    cfg = ctx.cfg
+    cfg, lake = ctx.cfg, ctx.lake
     template = cfg["reasoner"]["template"]
-    docs = [f"Question: {t}\nAnswer: {a}{EOS}" for t, a in zip(kb["title"].to_pylist(), kb["answer"].to_pylist())]
-    rows = sessions.to_pylist()
-    kb_rows = kb.to_pylist()
+    kb = lake.read_partition(lake.partition("validated", "kb_intents", ctx.ds), "validated.kb_intents").to_pylist()
+    docs = [f"Question: {r['title']}\nAnswer: {r['answer']}{EOS}" for r in kb]
+    rows = [r for day_rows in read_sessions(lake, ctx.windows()["train"]).values() for r in day_rows]
     counts = {}
     for spec in cfg["bootstrap"]["corpus_teachers"]:
-        teacher = teachers.build(spec, cfg, kb=kb_rows, seed=int(cfg["bootstrap"]["seed"]))
-        cands = teacher.generate(rows, int(cfg["bootstrap"]["queries_per_teacher"]))
+        teacher = teachers.build(spec, cfg, kb=kb_reader(lake), seed=int(cfg["bootstrap"]["seed"]))
         n = 0
-        for row, qs in zip(rows, cands):
-            for q in qs:
+        for row, queries in zip(rows, teacher.generate(rows, int(cfg["bootstrap"]["queries_per_teacher"]))):
+            for q in queries:
                 docs.append(f"{format_prompt(template, row['prompt'])} {q}{EOS}")
                 n += 1
-        counts[f"corpus_queries.{teacher.teacher_id}"] = n
-    return docs, counts
+        counts[f"corpus_queries.{spec.split(':')[-1]}"] = n
+        teacher.close()
+    return docs, counts, len(rows)
 
 
 def pack(tokenizer, docs: list[str], block: int):
@@ -90,21 +78,23 @@ def run(ctx: stage.Context) -> dict:
     import numpy as np
 
     from rgalign_core import ds_trainer
-    from rgalign_core.reasoner import Reasoner, build_tiny, model_version, train_tokenizer
+    from rgalign_core.reasoner import Reasoner, build_tiny, model_version, reasoner_dir, train_tokenizer
 
     cfg, lake = ctx.cfg, ctx.lake
     if cfg["reasoner"]["base_model"] != "builtin:tiny":
         log.info("reasoner.base_model is a checkpoint (%s): nothing to bootstrap", cfg["reasoner"]["base_model"])
         return {"skipped": 1}
-    days, sessions, kb = load_inputs(ctx)
+    days = ctx.windows()["train"]
     out = reasoner_dir(lake, ctx.ds)
+    for d in days:
+        lake.require(lake.partition("features", "sessions", d), "bootstrap_reasoner input features.sessions")
     in_fp = [lake.marker(lake.partition("features", "sessions", d)).get("fingerprint") for d in days]
     fp = fingerprint({"version": VERSION, "reasoner": cfg["reasoner"], "bootstrap": cfg["bootstrap"], "train": cfg["train"], "inputs": in_fp})
     if ctx.up_to_date([out], fp):
         log.info("reasoner for %s is up to date; use --force to retrain", ctx.ds)
         return {"skipped": 1}
 
-    docs, counts = build_corpus(ctx, sessions, kb)
+    docs, counts, n_sessions = build_corpus(ctx)
     tokenizer = train_tokenizer(docs, int(cfg["reasoner"]["tiny"]["vocab_size"]))
     tcfg = cfg["train"]
     blocks, n_tokens = pack(tokenizer, docs, int(tcfg["block_size"]))
@@ -132,7 +122,7 @@ def run(ctx: stage.Context) -> dict:
                                                              "ds": ctx.ds_str, "corpus_tokens": n_tokens}, indent=2))
         version = model_version(out)
         reasoner = Reasoner.load(out)
-        rows = sessions.slice(0, 8).to_pylist()
+        rows = lake.read_partition(lake.partition("features", "sessions", days[-1]), "features.sessions").slice(0, 8).to_pylist()
         queries = reasoner.generate([r["prompt"] for r in rows], max_new_tokens=int(cfg["reasoner"]["max_new_tokens"]))
         ctx.tracker.text("\n\n".join(f"PROMPT: {r['prompt']}\nQUERY:  {q}" for r, q in zip(rows, queries)), "sample_generations.txt")
         ctx.tracker.artifact(out, "reasoner")
@@ -142,7 +132,7 @@ def run(ctx: stage.Context) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     last = history[-1]
     return {"final_loss": last["loss"], "first_loss": history[0]["loss"], "tokens_per_s": float(np.mean([h["tokens_per_s"] for h in history[1:]] or [last["tokens_per_s"]])),
-            "corpus_tokens": n_tokens, "corpus_documents": len(docs), "parameters": n_params, "steps": int(tcfg["steps"]),
+            "corpus_tokens": n_tokens, "corpus_documents": len(docs), "corpus_sessions": n_sessions, "parameters": n_params, "steps": int(tcfg["steps"]),
             "nproc": int(tcfg["nproc"]), "reasoner_version": version, **counts}
 
 

@@ -27,13 +27,13 @@ VERSION = 1
 def run(ctx: stage.Context) -> dict:
     import pyarrow as pa
 
-    from jobs.bootstrap_reasoner import resolve_reasoner
+    from jobs.bootstrap_reasoner import require_reasoner
     from rgalign_core.reasoner import Reasoner, model_version
 
     cfg, lake = ctx.cfg, ctx.lake
     ecfg = cfg["encode"]
     days = ctx.windows()["samples"]
-    model_path = resolve_reasoner(ctx)
+    model_path = require_reasoner(ctx)
     version = model_version(model_path)
     inputs = [lake.partition("features", "sessions", d) for d in days]
     for p in inputs:

@@ -9,7 +9,8 @@ candidates repeated across teachers (the first teacher in the list keeps its own
     teachers/candidates/dt=<day>/   session_id, teacher_id, candidate_idx, latent_query
 
 atomically, one partition per day. ``builtin:reasoner`` is the reasoner of this --ds
-(``models/reasoner/ds=<ds>/``); when it is not there yet the teacher is skipped with a warning.
+(``models/reasoner/ds=<ds>/``, or ``reasoner.base_model`` when that is a checkpoint dir); when
+there is none yet the teacher is skipped with a warning.
 ``builtin:retrieval`` searches the validated ``kb_intents`` snapshot of the session's day.
 Teachers never read the simulator's truth/ nor clicks. A day whose output was made from the same
 inputs and teacher settings is skipped (--force redoes it).
@@ -25,6 +26,7 @@ import datetime as dt
 import logging
 import re
 import time
+from pathlib import Path
 
 from rgalign_core import stage
 from rgalign_core.config import fingerprint
@@ -59,19 +61,31 @@ def metric_key(teacher_id: str) -> str:
     return re.sub(r"[^\w.\-/]+", "_", teacher_id)
 
 
+def model_fingerprint(lake, path: str) -> str:
+    """The bootstrapped model's marker fingerprint, or a checkpoint's file names, sizes and times."""
+    if lake.is_complete(path):
+        return str(lake.marker(path).get("fingerprint") or lake.marker(path))
+    files = sorted(Path(path).glob("*"))
+    return fingerprint([path] + [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files if f.is_file()])
+
+
 def resolve_specs(ctx: stage.Context, specs: list[str]) -> tuple[list[str], str | None, list[str]]:
     """(specs to run, the reasoner's model dir if used, specs skipped)."""
-    lake = ctx.lake
-    reasoner_dir = lake.partition("models", "reasoner", ctx.ds, key="ds")
     run, skipped = [], []
+    model, looked = (None, "")
+    if "builtin:reasoner" in specs:
+        from rgalign_core.reasoner import reasoner_dir, resolve_reasoner
+
+        model = resolve_reasoner(ctx.lake, ctx.ds, ctx.cfg)
+        looked = reasoner_dir(ctx.lake, ctx.ds)
     for spec in specs:
-        if spec == "builtin:reasoner" and not lake.is_complete(reasoner_dir):
-            log.warning("builtin:reasoner skipped: no complete reasoner model at %s (run bootstrap_reasoner for "
-                        "ds=%s first)", reasoner_dir, ctx.ds)
+        if spec == "builtin:reasoner" and model is None:
+            log.warning("builtin:reasoner skipped: no reasoner model at %s (run bootstrap_reasoner for ds=%s first)",
+                        looked, ctx.ds)
             skipped.append(spec)
             continue
         run.append(spec)
-    return run, (reasoner_dir if "builtin:reasoner" in run else None), skipped
+    return run, (model if "builtin:reasoner" in run else None), skipped
 
 
 def settings_fingerprint(tcfg: dict, specs: list[str]) -> dict:
@@ -87,13 +101,37 @@ def settings_fingerprint(tcfg: dict, specs: list[str]) -> dict:
     }
 
 
+def kb_reader(lake):
+    """day -> that day's validated kb_intents rows (cached): each session sees the KB of its day."""
+    cache: dict[dt.date, list[dict]] = {}
+
+    def kb_for_day(day: dt.date) -> list[dict]:
+        if day not in cache:
+            cache[day] = lake.read_partition(lake.partition("validated", "kb_intents", day), "validated.kb_intents",
+                                             columns=["intent_id", "title", "answer", "active"]).to_pylist()
+        return cache[day]
+
+    return kb_for_day
+
+
+def read_sessions(lake, days) -> dict[dt.date, list[dict]]:
+    """features/sessions rows by day, each with its ``dt`` (the partition's day)."""
+    out = {}
+    for d in days:
+        rows = lake.read_partition(lake.partition("features", "sessions", d), "features.sessions").to_pylist()
+        for r in rows:
+            r["dt"] = d
+        out[d] = rows
+    return out
+
+
 def run(ctx: stage.Context) -> dict:
     import pyarrow as pa
     from tqdm import tqdm
 
     from rgalign_core import teachers as T
 
-    tcfg, lake = ctx.cfg["teachers"], ctx.lake
+    tcfg, lake = T.settings_from_config(ctx.cfg), ctx.lake
     n = int(tcfg["n_per_teacher"])
     batch_size = max(1, int(tcfg.get("batch_size") or 64))
     days = teacher_days(ctx)
@@ -113,7 +151,7 @@ def run(ctx: stage.Context) -> dict:
 
     settings = settings_fingerprint(tcfg, specs)
     if reasoner_dir:
-        settings["reasoner_model"] = lake.marker(reasoner_dir).get("fingerprint") or lake.marker(reasoner_dir)
+        settings["reasoner_model"] = model_fingerprint(lake, reasoner_dir)
     outputs = {d: lake.partition("teachers", "candidates", d) for d in days}
     fps = {d: fingerprint({"settings": settings, "sessions": lake.marker(session_paths[d]).get("fingerprint"),
                            "kb": lake.marker(kb_paths[d]).get("fingerprint") if use_kb else None}) for d in days}
@@ -128,20 +166,8 @@ def run(ctx: stage.Context) -> dict:
     if use_kb:
         ctx.tracker.dataset(lake, [kb_paths[d] for d in todo], "validated.kb_intents", context="input")
 
-    kb_cache: dict[dt.date, list[dict]] = {}
-
-    def kb_for_day(day: dt.date) -> list[dict]:
-        if day not in kb_cache:
-            kb_cache[day] = lake.read_partition(kb_paths[day], "teachers_generate input validated.kb_intents",
-                                                columns=["intent_id", "title", "answer", "active"]).to_pylist()
-        return kb_cache[day]
-
-    sessions_by_day = {}
-    for d in todo:
-        rows = lake.read_partition(session_paths[d], "teachers_generate input features.sessions").to_pylist()
-        for r in rows:
-            r["dt"] = d  # the session's day, for the day's KB
-        sessions_by_day[d] = rows
+    kb_for_day = kb_reader(lake)
+    sessions_by_day = read_sessions(lake, todo)
     n_sessions = sum(len(r) for r in sessions_by_day.values())
     samples = pick_samples(sessions_by_day, int(tcfg.get("samples_in_report") or 10))
 

@@ -50,6 +50,23 @@ def build_tiny(tokenizer, arch: dict, seed: int):
     return Qwen3ForCausalLM(config)
 
 
+def reasoner_dir(lake, ds) -> str:
+    """Where bootstrap_reasoner writes the built-in tiny reasoner for a logical date."""
+    return lake.partition("models", "reasoner", ds, key="ds")
+
+
+def resolve_reasoner(lake, ds, cfg: dict) -> str | None:
+    """The reasoner for this date: the bootstrapped one when complete, else ``reasoner.base_model``
+    when it is a local checkpoint directory; None when neither exists."""
+    bootstrapped = reasoner_dir(lake, ds)
+    if lake.is_complete(bootstrapped):
+        return bootstrapped
+    base = str((cfg.get("reasoner") or {}).get("base_model") or "builtin:tiny")
+    if base != "builtin:tiny" and Path(base, "config.json").exists():
+        return base
+    return None
+
+
 def format_prompt(template: str, prompt: str) -> str:
     return template.format(prompt=prompt)
 

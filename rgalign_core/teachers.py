@@ -40,7 +40,8 @@ Teachers are built from config *specs* (strings), see ``build_teacher``:
 
 ``builtin:reasoner``
     The current reasoner (same as ``hf:``); the job resolves its model dir
-    (``<lake root>/models/reasoner/ds=<ds>/``).
+    (``<lake root>/models/reasoner/ds=<ds>/``, else ``reasoner.base_model`` when that is a
+    checkpoint dir) and skips the teacher with a warning when there is none.
 
 ``builtin:rules``
     A rule-based writer over the *discrete* session features only (order-status counts, hours
@@ -57,6 +58,9 @@ Teachers are built from config *specs* (strings), see ``build_teacher``:
     the session's day, passed in by the job) and rewrites their titles as first-person questions.
     A session with no text signal, or none close enough (``min_score``), gets no candidate.
     Deterministic for a seed.
+
+``build_teachers(specs, settings, kb=..., reasoner_dir=...)`` builds the job's list;
+``build(spec, cfg, kb=..., seed=...)`` builds one from a whole stage config (bootstrap_reasoner).
 
 Teachers read only the session row they are given (features and prompt); never the simulator's
 hidden truth (``truth/``) nor clicks. ``dedupe`` removes repeated candidates of a session across
@@ -190,7 +194,8 @@ STATE_QUESTIONS: dict[str, list[str]] = {
                          "How do I secure my account after a new device login?"],
     "password_reset": ["I reset my password but still cannot log in", "I did not receive the OTP code",
                        "How do I reset my password?"],
-    "app_crash": ["Why does the app keep crashing?", "The app crashed, how do I fix it?", "The app closes by itself, what can I do?"],
+    "app_crash": ["Why does the app keep crashing?", "The app crashed, how do I fix it?",
+                  "The app closes by itself, what can I do?"],
     "cancelled": ["Why was my order cancelled?", "Will I get a refund for my cancelled order?", "Who cancelled my order?"],
     "return_requested": ["What is the status of my return?", "How do I send back the item I am returning?",
                          "How do I print the return label?"],
@@ -424,6 +429,21 @@ class HFTeacher(Teacher):
 
 # ---- openai: ------------------------------------------------------------------------------------
 
+def _server_error(response, limit: int = 300) -> str:
+    """The server's error message (OpenAI-style ``{"error": {"message": ...}}`` or the raw body), short."""
+    text = response.text
+    try:
+        err = response.json().get("error")
+        if isinstance(err, dict):
+            err = err.get("message") or err
+        if err:
+            text = str(err)
+    except (ValueError, AttributeError):
+        pass
+    text = " ".join(text.split())
+    return (text[:limit] + "...") if len(text) > limit else (text or "no body")
+
+
 class OpenAITeacher(Teacher):
     """An OpenAI-compatible chat-completions endpoint. See the module docstring."""
 
@@ -434,12 +454,12 @@ class OpenAITeacher(Teacher):
         import httpx
 
         parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise TeacherError(f"openai teacher: base_url must be http(s)://host[:port]/..., got {base_url!r}")
         if parts.username or parts.password or parts.query:
             # only say where, never echo what: the URL may hold a secret
             raise TeacherError(f"openai teacher for {parts.hostname}: the base_url must not carry credentials or a "
                                "query string; give the key in the environment variable named by api_key_env")
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise TeacherError(f"openai teacher: base_url must be http(s)://host[:port]/..., got {base_url!r}")
         if not model:
             raise TeacherError(f"openai teacher: spec needs a model after '#', e.g. openai:{base_url}#my-model")
         self.base_url = base_url.rstrip("/")
@@ -454,7 +474,9 @@ class OpenAITeacher(Teacher):
         self.extra_body = dict(extra_body or {})
         self.api_key_env = api_key_env
         key = os.environ.get(api_key_env) if api_key_env else None
-        self._secrets = (key,) if key else ()
+        # The key lives only in the client's headers (httpx masks them in reprs) and in this
+        # closure, never in a plain attribute a repr or vars() would show.
+        self._redact = (lambda text: text.replace(key, "***")) if key else (lambda text: text)
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -469,12 +491,6 @@ class OpenAITeacher(Teacher):
         self._n_ignored = False  # the server returned fewer choices than asked: ask again
         self.stats = {"requests": 0, "retries": 0}
         self._retry_errors = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
-
-    # -- safety -------------------------------------------------------------------------------
-    def _redact(self, text: str) -> str:
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text
 
     def __repr__(self) -> str:
         return f"OpenAITeacher({self.teacher_id!r}, endpoint={self.endpoint!r})"
@@ -514,12 +530,12 @@ class OpenAITeacher(Teacher):
                             f"teacher {self.teacher_id}: POST {self.endpoint} returned HTTP {r.status_code} "
                             f"with a body that is not JSON: {r.text[:200]!r}")) from None
                 if r.status_code == 429 or r.status_code >= 500:
-                    reason = f"HTTP {r.status_code}"
+                    reason = f"HTTP {r.status_code} ({_server_error(r, 120)})"
                     retry_after = r.headers.get("retry-after")
                 else:
                     raise TeacherError(self._redact(
                         f"teacher {self.teacher_id}: POST {self.endpoint} failed with HTTP {r.status_code} "
-                        f"(client error, not retried): {r.text[:300]!r}. Check the model name, the request "
+                        f"(client error, not retried): {_server_error(r)}. Check the model name, the request "
                         f"settings and the API key in ${self.api_key_env}."))
             if attempt >= self.max_retries:
                 raise TeacherError(self._redact(
@@ -618,7 +634,7 @@ def build_teacher(spec: str, settings: dict | None = None, *, kb: KbSource | Non
             raise TeacherError("builtin:reasoner needs the reasoner's model dir (none was given)")
         h = settings.get("hf") or {}
         return HFTeacher(path, teacher_id=spec if kind == "builtin" else None,
-                         max_new_tokens=h.get("max_new_tokens", 32), temperature=h.get("temperature", 0.8),
+                         max_new_tokens=h.get("max_new_tokens") or 32, temperature=h.get("temperature", 0.8),
                          seed=seed, max_query_chars=max_chars)
     base_url, _, model = arg.rpartition("#")
     if not base_url:
@@ -633,6 +649,29 @@ def build_teacher(spec: str, settings: dict | None = None, *, kb: KbSource | Non
         api_key_env=o.get("api_key_env", "OPENAI_API_KEY"), use_n=o.get("use_n", True),
         max_query_chars=max_chars, extra_body=o.get("extra_body"), seed=seed,
     )
+
+
+def settings_from_config(cfg: dict) -> dict:
+    """The ``teachers`` section of a stage config, with ``hf.max_new_tokens`` defaulting to the
+    pipeline's ``reasoner.max_new_tokens``."""
+    settings = dict(cfg.get("teachers") or {})
+    hf = dict(settings.get("hf") or {})
+    if hf.get("max_new_tokens") is None and (cfg.get("reasoner") or {}).get("max_new_tokens"):
+        hf["max_new_tokens"] = int(cfg["reasoner"]["max_new_tokens"])
+    settings["hf"] = hf
+    return settings
+
+
+def build(spec: str, cfg: dict | None = None, *, kb: KbSource | None = None, reasoner_dir: str | None = None,
+          seed: int | None = None) -> Teacher:
+    """``build_teacher`` from a whole stage config (its ``teachers`` section, if any), seed overridable.
+
+    For stages other than teachers_generate (e.g. bootstrap_reasoner's corpus of builtin teachers).
+    """
+    settings = settings_from_config(cfg or {})
+    if seed is not None:
+        settings["seed"] = int(seed)
+    return build_teacher(spec, settings, kb=kb, reasoner_dir=reasoner_dir)
 
 
 def build_teachers(specs: Iterable[str], settings: dict | None = None, **resources) -> list[Teacher]:

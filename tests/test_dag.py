@@ -11,6 +11,8 @@ import pytest
 from conftest import PROJECT_ROOT
 
 DS = "2026-11-21"
+# Keep the reasoner's training short in tests; the default trains for train.steps in its config.
+FAST = ["train.steps=20", "train.log_every=5"]
 HEAVY = ("torch", "pyspark", "deepspeed", "transformers", "mlflow", "pandas", "pyarrow", "sklearn")
 
 
@@ -36,12 +38,15 @@ print(json.dumps({{
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["errors"] == {}
     assert info["heavy"] == []
-    assert info["tasks"] == ["choose_source", "extract_features", "simulate_logs", "validate_raw"]
-    assert info["edges"] == [["choose_source", "simulate_logs"], ["choose_source", "validate_raw"],
+    assert info["tasks"] == ["bootstrap_reasoner", "choose_source", "encode_queries", "extract_features",
+                             "simulate_logs", "teachers_generate", "validate_raw"]
+    assert info["edges"] == [["bootstrap_reasoner", "encode_queries"], ["bootstrap_reasoner", "teachers_generate"],
+                             ["choose_source", "simulate_logs"], ["choose_source", "validate_raw"],
+                             ["extract_features", "bootstrap_reasoner"],
                              ["simulate_logs", "validate_raw"], ["validate_raw", "extract_features"]]
-    assert info["params"] == ["force", "lake_root", "scale", "seed", "source"]
+    assert info["params"] == ["force", "lake_root", "overrides", "scale", "seed", "source"]
     assert all(r >= 2 for r in info["retries"].values())
-    assert info["pools"]["extract_features"] == "rgalign_heavy"
+    assert {t for t, p in info["pools"].items() if p == "rgalign_heavy"} == {"extract_features", "bootstrap_reasoner", "encode_queries"}
     assert "rgalign" in info["tags"] and info["catchup"] is False and info["doc"]
 
 
@@ -60,7 +65,7 @@ def _complete(lake: Path, area: str, table: str) -> list[str]:
 def dag_run(airflow_env):
     """One `airflow dags test` of the whole DAG at tiny scale, shared by the tests below."""
     proc = subprocess.run(
-        [airflow_env["airflow"], "dags", "test", "rgalign_nightly", DS, "--conf", json.dumps({"scale": "tiny"})],
+        [airflow_env["airflow"], "dags", "test", "rgalign_nightly", DS, "--conf", json.dumps({"scale": "tiny", "overrides": FAST})],
         env=airflow_env["env"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=900,
     )
     return proc, airflow_env
@@ -112,7 +117,7 @@ def test_lake_source_skips_the_simulator(dag_run, tmp_path):
     run_env = {**env["env"], "RGALIGN_RAW_ROOT": str(env["work"] / "lake" / "raw")}
     out = subprocess.run(
         [env["airflow"], "dags", "test", "rgalign_nightly", DS,
-         "--conf", json.dumps({"source": "lake", "lake_root": str(new_lake)})],
+         "--conf", json.dumps({"source": "lake", "lake_root": str(new_lake), "overrides": FAST})],
         env=run_env, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=900,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
