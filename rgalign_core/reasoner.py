@@ -114,13 +114,17 @@ class Reasoner:
         return format_prompt(self.template, prompt)
 
     # ---- batching -----------------------------------------------------------------------------
-    def _batches(self, texts: list[str], batch_size: int, sort: bool = True):
-        """Index batches, longest first when ``sort`` (less padding); yields (indices, encodings)."""
+    def _batches(self, texts: list[str], batch_size: int, sort: bool = True, pad_to: int | None = None):
+        """Index batches, longest first when ``sort`` (less padding); yields (indices, encodings).
+
+        ``pad_to`` pads every batch to that fixed length instead (the naive way; benchmarks only).
+        """
         lengths = [len(ids) for ids in self.tok(texts, add_special_tokens=False)["input_ids"]]
         order = np.argsort(-np.asarray(lengths), kind="stable") if sort else np.arange(len(texts))
+        padding = {"padding": "max_length", "max_length": pad_to} if pad_to else {"padding": True}
         for a in range(0, len(texts), batch_size):
             idx = order[a:a + batch_size]
-            enc = self.tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = self.tok([texts[i] for i in idx], return_tensors="pt", add_special_tokens=False, **padding)
             yield idx, enc
 
     @staticmethod
@@ -152,14 +156,15 @@ class Reasoner:
         return out
 
     # ---- last-token pooling -------------------------------------------------------------------
-    def embed_texts(self, texts: list[str], batch_size: int = 32, sort: bool = True, progress: bool = False) -> np.ndarray:
+    def embed_texts(self, texts: list[str], batch_size: int = 32, sort: bool = True, progress: bool = False,
+                    pad_to: int | None = None) -> np.ndarray:
         """Final-layer hidden state at the last non-pad token of each text, as float32 [n, hidden]."""
         import torch
         from tqdm import tqdm
 
         out = np.zeros((len(texts), self.hidden_size), np.float32)
         decoder = getattr(self.model, self.model.base_model_prefix)  # skip the LM head: pooling needs no logits
-        batches = self._batches(texts, batch_size, sort)
+        batches = self._batches(texts, batch_size, sort, pad_to)
         for idx, enc in tqdm(batches, total=-(-len(texts) // batch_size), desc="embed", unit="batch", disable=not progress):
             with torch.no_grad():
                 h = decoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],

@@ -85,27 +85,45 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
     parents = [r for r in runs if r.data.tags.get("rgalign_role") == "dag_run"]
     assert len(parents) == 1 and parents[0].data.tags["logical_date"] == DS
     children = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
-    assert set(children) == {"simulate_logs", "validate_raw", "extract_features"}
+    assert set(children) == {"simulate_logs", "validate_raw", "extract_features", "bootstrap_reasoner",
+                             "teachers_generate", "encode_queries"}
     assert all(r.info.status == "FINISHED" for r in children.values())
     extract = children["extract_features"]
     assert extract.data.metrics["samples"] == report["samples"]
     assert {d.dataset.name for d in extract.inputs.dataset_inputs} >= {"validated.behaviour_events", "features.samples"}
     assert extract.data.params["spark.master"] == "local[*]"
+    boot = children["bootstrap_reasoner"]
+    assert boot.data.metrics["final_loss"] < boot.data.metrics["first_loss"]
+    assert "bootstrap/loss" in boot.data.metrics and boot.data.metrics["tokens_per_s"] > 0
+    assert len(_complete(lake, "queries", "base")) == 20 and len(_complete(lake, "teachers", "candidates")) == 14
+    assert (lake / "models" / "reasoner" / f"ds={DS}" / "model.safetensors").exists()
 
 
-def test_tasks_test_reruns_one_stage_alone(dag_run):
+def _markers(lake: Path, area: str, table: str, key: str = "dt") -> dict[str, str]:
+    return {p.name: (p / "_SUCCESS").read_text() for p in sorted((lake / area / table).glob(f"{key}=*"))}
+
+
+@pytest.mark.parametrize("task, area, table, key", [
+    ("extract_features", "features", "samples", "dt"),
+    ("teachers_generate", "teachers", "candidates", "dt"),
+    ("encode_queries", "queries", "base", "dt"),
+    ("bootstrap_reasoner", "models", "reasoner", "ds"),
+])
+def test_tasks_test_reruns_one_stage_alone(dag_run, task, area, table, key):
     """`airflow tasks test` has no upstream XComs: the task finds its inputs from the date."""
     import shutil
 
     proc, env = dag_run
     assert proc.returncode == 0
     lake = env["work"] / "lake"
-    before = {p.name: (p / "_SUCCESS").read_text() for p in (lake / "features" / "samples").glob("dt=*")}
-    shutil.rmtree(lake / "features")
-    out = subprocess.run([env["airflow"], "tasks", "test", "rgalign_nightly", "extract_features", DS],
+    before = _markers(lake, area, table, key)
+    assert before
+    shutil.rmtree(lake / area / table)
+    out = subprocess.run([env["airflow"], "tasks", "test", "rgalign_nightly", task, DS,
+                          "--task-params", json.dumps({"overrides": FAST})],
                          env=env["env"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
     # `tasks test` exits 0 even when the task fails: check the outputs, not the exit code.
-    after = {p.name: (p / "_SUCCESS").read_text() for p in (lake / "features" / "samples").glob("dt=*")}
+    after = _markers(lake, area, table, key)
     assert after == before, out.stdout[-3000:] + out.stderr[-3000:]
 
 
