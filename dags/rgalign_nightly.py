@@ -29,8 +29,8 @@ DOC_MD = """
 # rgalign_nightly
 
 Every night: logs → validated tables → point-in-time features (Spark) → the reasoner LLM
-(bootstrap with DeepSpeed, teachers' candidate queries, latent-query embeddings) → (later
-stages: rankers, alignment, evaluation, publish). Each task is one job in `jobs/`, each
+(bootstrap with DeepSpeed, teachers' candidate queries, latent-query embeddings) → rankers
+(two-tower baseline, QE-Rec) → reward model's best-of-N → evaluation (later: alignment, publish). Each task is one job in `jobs/`, each
 recorded as an MLflow child run under one parent run per DAG run.
 
 | task | job | writes (under the lake root) |
@@ -42,6 +42,10 @@ recorded as an MLflow child run under one parent run per DAG run.
 | `bootstrap_reasoner` | `jobs/bootstrap_reasoner.py` (DeepSpeed) | `models/reasoner/ds=…` (built-in tiny LLM only) |
 | `teachers_generate` | `jobs/teachers_generate.py` | `teachers/candidates/dt=…` |
 | `encode_queries` | `jobs/encode_queries.py` | `queries/base/dt=…` (latent query + embedding) |
+| `train_baseline` | `jobs/train_baseline.py` | `models/two_tower/ds=…` (3 seeds + test predictions) |
+| `train_qe_rec` | `jobs/train_qe_rec.py` | `models/qe_rec/ds=…` (3 seeds + test predictions) |
+| `reward_select` | `jobs/reward_select.py` | `rewards/{best,pairs,scored}/dt=…` (RG-SFT targets, DPO pairs) |
+| `evaluate` | `jobs/evaluate.py` | ablation table + plots on the parent MLflow run |
 
 **Rerun one stage** for a date (inputs are found from the date, never from XComs):
 
@@ -105,9 +109,17 @@ def rgalign_nightly():
     bootstrap = job("bootstrap_reasoner", pool=HEAVY_POOL)
     teachers = job("teachers_generate")
     encode = job("encode_queries", pool=HEAVY_POOL)
+    baseline = job("train_baseline", pool=HEAVY_POOL)
+    qe_rec = job("train_qe_rec", pool=HEAVY_POOL)
+    reward = job("reward_select", pool=HEAVY_POOL)
+    evaluate = job("evaluate")
 
     choose_source() >> [simulate, validate]
-    simulate >> validate >> features >> bootstrap >> [teachers, encode]
+    simulate >> validate >> features >> [bootstrap, baseline]
+    bootstrap >> [teachers, encode]
+    encode >> qe_rec
+    [qe_rec, teachers] >> reward
+    [baseline, qe_rec] >> evaluate
 
 
 rgalign_nightly()

@@ -104,6 +104,12 @@ def run(ctx: stage.Context) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
 
     work = Path(tempfile.mkdtemp(prefix="rgalign-bootstrap-"))
+    # Checkpoints outlive the task: an Airflow retry of the same date and config resumes from the
+    # last saved step instead of starting over; they are removed once the model is in place.
+    ckpt = Path(lake.root) / "checkpoints" / "bootstrap_reasoner" / f"ds={ctx.ds_str}" / fp
+    resume = (ckpt / "latest").exists()
+    if resume:
+        log.info("resuming from the checkpoint in %s", ckpt)
     try:
         model.save_pretrained(work / "init", safe_serialization=True)
         np.save(work / "blocks.npy", blocks)
@@ -113,7 +119,8 @@ def run(ctx: stage.Context) -> dict:
                 "ds_config": str(PROJECT_ROOT / tcfg["ds_config"]), "global_batch": int(tcfg["global_batch"]),
                 "train_steps": int(tcfg["steps"]), "lr": float(tcfg["lr"]), "warmup_steps": int(tcfg["warmup_steps"]),
                 "seed": int(tcfg["seed"]), "log_every": int(tcfg["log_every"]), "save_every": int(tcfg.get("save_every", 0)),
-                "checkpoint_dir": str(work / "checkpoints"), "resume": False, "out_dir": tmp,
+                "checkpoint_dir": str(ckpt), "resume": resume, "out_dir": tmp,
+                "peak_tflops_per_device": tcfg.get("peak_tflops_per_device"),
                 "mlflow_tracking_uri": cfg["mlflow"]["tracking_uri"], "mlflow_run_id": ctx.tracker.run_id,
             }
             history = ds_trainer.launch(spec, int(tcfg["nproc"]), work / "run")
@@ -128,6 +135,7 @@ def run(ctx: stage.Context) -> dict:
         ctx.tracker.artifact(out, "reasoner")
         ctx.tracker.text("\n".join(json.dumps(h) for h in history), "train_history.jsonl")
         _plot_loss(ctx, history)
+        shutil.rmtree(ckpt.parent, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     last = history[-1]

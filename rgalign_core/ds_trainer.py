@@ -142,6 +142,10 @@ def train(spec: dict) -> None:
         mlflow_client = mlflow.MlflowClient()
     metrics_file = open(spec["metrics_file"], "a") if rank == 0 else None
     log_every, save_every = int(spec.get("log_every", 10)), int(spec.get("save_every", 0))
+    # MFU only where it means something: on a GPU whose peak TFLOP/s is given in the config.
+    peak = spec.get("peak_tflops_per_device")
+    n_params = sum(p.numel() for p in engine.module.parameters())
+    use_mfu = bool(peak) and torch.cuda.is_available()
     bar = tqdm(total=steps, initial=start, desc=spec.get("name", "train"), unit="step", disable=rank != 0)
     t_last, tokens_since = time.time(), 0
     engine.train()
@@ -166,12 +170,19 @@ def train(spec: dict) -> None:
             dt_s = time.time() - t_last
             row = {"step": step + 1, "loss": mean_loss, "tokens_per_s": tokens_since / max(dt_s, 1e-9),
                    "lr": schedule.get_last_lr()[0]}
+            if use_mfu:  # 6 N flops per token (forward + backward), over the devices' peak
+                row["mfu"] = 6 * n_params * row["tokens_per_s"] / (float(peak) * 1e12 * world)
             bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            if not sys.stderr.isatty():  # task logs (Airflow) get a line per interval, not only the bar
+                log.info("%s step %d/%d loss %.4f tokens/s %.0f lr %.2e", spec.get("name", "train"), step + 1, steps,
+                         mean_loss, row["tokens_per_s"], row["lr"])
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
             if mlflow_client:
                 ts = int(time.time() * 1000)
-                for k in ("loss", "tokens_per_s", "lr"):
+                for k in ("loss", "tokens_per_s", "lr", "mfu"):
+                    if k not in row:
+                        continue
                     mlflow_client.log_metric(spec["mlflow_run_id"], f"{spec.get('name', 'train')}/{k}", row[k], ts, step + 1)
             t_last, tokens_since = time.time(), 0
         if ckpt and save_every and (step + 1) % save_every == 0 and step + 1 < steps:

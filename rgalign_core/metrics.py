@@ -61,3 +61,94 @@ def gauc(users, labels, scores, weighting: str = "impressions") -> tuple[float, 
         raise ValueError(f"weighting must be one of {sorted(weights)}, got {weighting!r}")
     w = weights[weighting][ok]
     return float(np.sum(a[ok] * w) / np.sum(w)), int(ok.sum())
+
+
+def logloss(labels, probs, eps: float = 1e-7) -> float:
+    y = np.asarray(labels, np.float64)
+    p = np.clip(np.asarray(probs, np.float64), eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def calibration_ratio(labels, probs) -> float:
+    """Σp / Σy: 1 when predicted CTR matches observed CTR overall."""
+    return float(np.sum(probs) / max(np.sum(labels), 1e-12))
+
+
+def ece(labels, probs, bins: int = 10) -> float:
+    """Expected calibration error over equal-width probability bins, weighted by bin size."""
+    y = np.asarray(labels, np.float64)
+    p = np.asarray(probs, np.float64)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    n = np.bincount(idx, minlength=bins)
+    conf = np.bincount(idx, weights=p, minlength=bins)
+    acc = np.bincount(idx, weights=y, minlength=bins)
+    ok = n > 0
+    return float(np.sum(np.abs(conf[ok] - acc[ok])) / len(y))
+
+
+def reliability(labels, probs, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean predicted, observed rate, count) per equal-width bin, for reliability diagrams."""
+    y = np.asarray(labels, np.float64)
+    p = np.asarray(probs, np.float64)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    n = np.bincount(idx, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.bincount(idx, weights=p, minlength=bins) / n, np.bincount(idx, weights=y, minlength=bins) / n, n
+
+
+def _session_ranks(sessions, scores) -> np.ndarray:
+    """0-based rank of each row's score within its session (highest first; ties by row order)."""
+    sessions = np.asarray(sessions)
+    s = np.asarray(scores, np.float64)
+    order = np.lexsort((np.arange(len(s)), -s, sessions))
+    g = sessions[order]
+    start = np.empty(len(g), bool)
+    if len(g):
+        start[0] = True
+        start[1:] = g[1:] != g[:-1]
+    first = np.maximum.accumulate(np.where(start, np.arange(len(g)), 0))
+    ranks = np.empty(len(s), np.int64)
+    ranks[order] = np.arange(len(g)) - first
+    return ranks
+
+
+def recall_at_k(sessions, labels, scores, k: int = 3) -> tuple[float, int]:
+    """Share of clicked intents ranked in the session's top k, over sessions with a click.
+
+    Returns (recall, number of sessions used)."""
+    sessions = np.asarray(sessions)
+    y = np.asarray(labels) > 0
+    ranks = _session_ranks(sessions, scores)
+    clicked_sessions, inverse = np.unique(sessions[y], return_inverse=True)
+    if not len(clicked_sessions):
+        return float("nan"), 0
+    hits = np.bincount(inverse, weights=(ranks[y] < k).astype(float))
+    n_clicked = np.bincount(inverse).astype(float)
+    return float(np.mean(hits / n_clicked)), int(len(clicked_sessions))
+
+
+def ndcg_at_k(sessions, labels, scores, k: int = 3) -> tuple[float, int]:
+    """NDCG@k with binary gains over the session's shown intents, over sessions with a click."""
+    sessions = np.asarray(sessions)
+    y = (np.asarray(labels) > 0).astype(np.float64)
+    ranks = _session_ranks(sessions, scores)
+    uniq, inverse = np.unique(sessions, return_inverse=True)
+    dcg = np.bincount(inverse, weights=np.where(ranks < k, y / np.log2(ranks + 2.0), 0.0), minlength=len(uniq))
+    n_pos = np.bincount(inverse, weights=y, minlength=len(uniq)).astype(int)
+    ideal_table = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))])
+    idcg = ideal_table[np.minimum(n_pos, k)]
+    ok = n_pos > 0
+    if not ok.any():
+        return float("nan"), 0
+    return float(np.mean(dcg[ok] / idcg[ok])), int(ok.sum())
+
+
+def ranking_report(users, sessions, labels, scores, probs=None, k: int = 3, weighting: str = "impressions") -> dict:
+    """Every metric the evaluation reports, for one set of scored impressions."""
+    g, n_users = gauc(users, labels, scores, weighting)
+    r, n_sessions = recall_at_k(sessions, labels, scores, k)
+    out = {"gauc": g, "gauc_users": n_users, "auc": auc(labels, scores), f"recall_at_{k}": r, f"ndcg_at_{k}": ndcg_at_k(sessions, labels, scores, k)[0],
+           "sessions_with_click": n_sessions, "impressions": int(len(labels))}
+    if probs is not None:
+        out.update({"logloss": logloss(labels, probs), "calibration_ratio": calibration_ratio(labels, probs), "ece": ece(labels, probs)})
+    return out

@@ -12,7 +12,7 @@ from conftest import PROJECT_ROOT
 
 DS = "2026-11-21"
 # Keep the reasoner's training short in tests; the default trains for train.steps in its config.
-FAST = ["train.steps=20", "train.log_every=5"]
+FAST = ["train.steps=20", "train.log_every=5", "ranker.seeds=[0, 1]", "ranker.epochs=2"]
 HEAVY = ("torch", "pyspark", "deepspeed", "transformers", "mlflow", "pandas", "pyarrow", "sklearn")
 
 
@@ -38,15 +38,20 @@ print(json.dumps({{
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["errors"] == {}
     assert info["heavy"] == []
-    assert info["tasks"] == ["bootstrap_reasoner", "choose_source", "encode_queries", "extract_features",
-                             "simulate_logs", "teachers_generate", "validate_raw"]
+    assert info["tasks"] == ["bootstrap_reasoner", "choose_source", "encode_queries", "evaluate", "extract_features",
+                             "reward_select", "simulate_logs", "teachers_generate", "train_baseline", "train_qe_rec",
+                             "validate_raw"]
     assert info["edges"] == [["bootstrap_reasoner", "encode_queries"], ["bootstrap_reasoner", "teachers_generate"],
                              ["choose_source", "simulate_logs"], ["choose_source", "validate_raw"],
-                             ["extract_features", "bootstrap_reasoner"],
-                             ["simulate_logs", "validate_raw"], ["validate_raw", "extract_features"]]
+                             ["encode_queries", "train_qe_rec"],
+                             ["extract_features", "bootstrap_reasoner"], ["extract_features", "train_baseline"],
+                             ["simulate_logs", "validate_raw"], ["teachers_generate", "reward_select"],
+                             ["train_baseline", "evaluate"], ["train_qe_rec", "evaluate"], ["train_qe_rec", "reward_select"],
+                             ["validate_raw", "extract_features"]]
     assert info["params"] == ["force", "lake_root", "overrides", "scale", "seed", "source"]
     assert all(r >= 2 for r in info["retries"].values())
-    assert {t for t, p in info["pools"].items() if p == "rgalign_heavy"} == {"extract_features", "bootstrap_reasoner", "encode_queries"}
+    assert {t for t, p in info["pools"].items() if p == "rgalign_heavy"} == {
+        "extract_features", "bootstrap_reasoner", "encode_queries", "train_baseline", "train_qe_rec", "reward_select"}
     assert "rgalign" in info["tags"] and info["catchup"] is False and info["doc"]
 
 
@@ -86,7 +91,8 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
     assert len(parents) == 1 and parents[0].data.tags["logical_date"] == DS
     children = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert set(children) == {"simulate_logs", "validate_raw", "extract_features", "bootstrap_reasoner",
-                             "teachers_generate", "encode_queries"}
+                             "teachers_generate", "encode_queries", "train_baseline", "train_qe_rec", "reward_select",
+                             "evaluate"}
     assert all(r.info.status == "FINISHED" for r in children.values())
     extract = children["extract_features"]
     assert extract.data.metrics["samples"] == report["samples"]
@@ -97,6 +103,14 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
     assert "bootstrap/loss" in boot.data.metrics and boot.data.metrics["tokens_per_s"] > 0
     assert len(_complete(lake, "queries", "base")) == 20 and len(_complete(lake, "teachers", "candidates")) == 14
     assert (lake / "models" / "reasoner" / f"ds={DS}" / "model.safetensors").exists()
+    assert {"seed=0", "seed=1"} <= {p.name for p in (lake / "models" / "qe_rec" / f"ds={DS}").iterdir()}
+    assert children["train_qe_rec"].data.metrics["test_gauc_mean"] > 0.5
+    assert len(_complete(lake, "rewards", "best")) == 14
+    # the reviewer's view: the ablation table and plots on the DAG run's parent run
+    import mlflow
+
+    parent_artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parents[0].info.run_id, "evaluation")}
+    assert {"evaluation/ablation.md", "evaluation/gauc_by_slice.png", "evaluation/calibration_curves.png"} <= parent_artifacts
 
 
 def _markers(lake: Path, area: str, table: str, key: str = "dt") -> dict[str, str]:

@@ -1,0 +1,228 @@
+"""The ablation report on the test window: every trained ranker variant, mean ± std over seeds.
+
+Reads each variant's test predictions (``models/<model>/ds=<ds>/test_predictions.parquet``, one
+set per seed), the test window's samples (for users, regions, intent categories and cold-start
+flags), and, when the simulator's truth exists, its relevance grades for the oracle upper bound.
+Reports GAUC, AUC, Recall@3, NDCG@3, logloss, calibration ratio and ECE overall and by slice
+(region, the clicked intent's category, sessions that showed a cold-start intent), plus the
+logging policy (the production order) and the oracle as references. Writes the table (Markdown
+and HTML) and plots to this run and to the DAG run's parent run, and ``reports/evaluate/ds=…``.
+
+    python -m jobs.evaluate --ds 2026-11-21
+    python -m jobs.evaluate --ds 2026-11-21 --set evaluate.k=5
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from rgalign_core import stage
+
+log = logging.getLogger("rgalign.evaluate")
+METRICS = ("gauc", "auc", "recall_at_3", "ndcg_at_3", "logloss", "calibration_ratio", "ece")
+HEADLINE = ("gauc", "recall_at_3")
+
+
+def slices(f: dict) -> dict[str, np.ndarray]:
+    """name -> boolean mask over impressions; every slice is a set of whole sessions."""
+    sessions = f["session_id"]
+    out = {"overall": np.ones(len(sessions), bool)}
+    cold_sessions = np.unique(sessions[f["cold"]])
+    out["cold-start intents shown"] = np.isin(sessions, cold_sessions)
+    for r in sorted(set(f["region"])):
+        out[f"region={r}"] = f["region"] == r
+    clicked = f["clicked"] > 0
+    for c in sorted(set(f["intent_category"][clicked])):
+        out[f"clicked category={c}"] = np.isin(sessions, np.unique(sessions[clicked & (f["intent_category"] == c)]))
+    return out
+
+
+def score_metrics(f: dict, score: np.ndarray, mask: np.ndarray, k: int, probs=None) -> dict:
+    from rgalign_core import metrics
+
+    return metrics.ranking_report(f["user_id"][mask], f["session_id"][mask], f["clicked"][mask], score[mask],
+                                  probs=None if probs is None else probs[mask], k=k)
+
+
+def run(ctx: stage.Context) -> dict:
+    import pandas as pd
+
+    from rgalign_core import ranking_data
+
+    cfg, lake = ctx.cfg, ctx.lake
+    ecfg = cfg["evaluate"]
+    k = int(ecfg["k"])
+    test_days = ctx.windows()["test"]
+    kb = lake.read_partition(lake.partition("validated", "kb_intents", ctx.ds), "validated.kb_intents").to_pylist()
+    data = ranking_data.load(lake, test_days, kb)
+    idx = np.arange(data.n)
+    f = data.flat(idx, np.zeros(data.tensors["mask"].shape, np.float32))
+    key = pd.MultiIndex.from_arrays([f["session_id"], f["intent_id"]])
+    masks = slices(f)
+
+    variants: dict[str, dict[int, dict]] = {}  # name -> seed -> {"score", "prob"}
+    for v in ecfg["variants"]:
+        path = lake.partition("models", v["model"], ctx.ds, key="ds")
+        if not lake.is_complete(path):
+            log.warning("variant %s: no model at %s, left out", v["name"], path)
+            continue
+        preds = pd.read_parquet(f"{path}/test_predictions.parquet")
+        variants[v["name"]] = {}
+        for seed, p in preds.groupby("seed"):
+            s = p.set_index(["session_id", "intent_id"])["score"].reindex(key).to_numpy(np.float64)
+            if np.isnan(s).any():
+                raise stage.StageError(f"variant {v['name']} seed {seed}: predictions miss {int(np.isnan(s).sum())} test impressions")
+            variants[v["name"]][int(seed)] = {"score": s, "prob": 1 / (1 + np.exp(-s))}
+    if not variants:
+        raise stage.StageError("no trained ranker for this date: run train_baseline / train_qe_rec first")
+    references = {"logging policy (shown order)": -f["position"].astype(np.float64)}
+    truth_paths = [lake.partition("truth", "relevance", d) for d in test_days]
+    if all(lake.is_complete(p) for p in truth_paths):
+        rel = pd.concat([lake.read_partition(p, "truth.relevance").to_pandas() for p in truth_paths])
+        r = rel.set_index(["session_id", "intent_id"])["relevance"].reindex(key).to_numpy(np.float64)
+        references["oracle (true relevance)"] = np.nan_to_num(r, nan=0.0) - 1e-3 * f["position"]
+
+    rows = []  # one per (variant, seed, slice)
+    for name, seeds in variants.items():
+        for seed, s in seeds.items():
+            for sl, m in masks.items():
+                rows.append({"variant": name, "seed": seed, "slice": sl, **score_metrics(f, s["score"], m, k, s["prob"])})
+    for name, score in references.items():
+        for sl, m in masks.items():
+            rows.append({"variant": name, "seed": 0, "slice": sl, **score_metrics(f, score, m, k)})
+    table = pd.DataFrame(rows)
+    summary = summarise(table, list(variants) + list(references))
+    report_md, headline = render(summary, table, list(variants), ecfg)
+    plots = make_plots(table, variants, f, summary, list(variants) + list(references))
+
+    ctx.tracker.text(report_md, "ablation.md")
+    ctx.tracker.text(summary.to_html(float_format=lambda x: f"{x:.4f}"), "ablation.html")
+    ctx.tracker.text(table.to_csv(index=False), "metrics_by_seed.csv")
+    for name, fig in plots.items():
+        ctx.tracker.figure(fig, name)
+    _to_parent(ctx, report_md, summary, plots)
+    return {**headline, "variants": list(variants), "test_sessions": int(data.n), "test_impressions": int(len(f["clicked"]))}
+
+
+def summarise(table, order: list[str]):
+    import pandas as pd
+
+    g = table.groupby(["slice", "variant"])
+    mean = g[list(METRICS)].mean()
+    std = g[list(METRICS)].std(ddof=1).fillna(0.0)
+    n = g["seed"].nunique().rename("seeds")
+    out = pd.concat({"mean": mean, "std": std}, axis=1)
+    out[("n", "seeds")] = n
+    out[("n", "sessions_with_click")] = g["sessions_with_click"].first()
+    slices_order = ["overall", "cold-start intents shown"] + sorted(s for s in table.slice.unique() if s not in ("overall", "cold-start intents shown"))
+    out = out.reindex(pd.MultiIndex.from_product([slices_order, order], names=["slice", "variant"])).dropna(how="all")
+    return out
+
+
+def render(summary, table, trained: list[str], ecfg: dict) -> tuple[str, dict]:
+    """The Markdown table a reviewer reads, and the headline comparison (candidate vs baseline)."""
+    def cell(sl, v, m):
+        mu, sd = summary.loc[(sl, v), ("mean", m)], summary.loc[(sl, v), ("std", m)]
+        return "–" if np.isnan(mu) else f"{mu:.4f} ± {sd:.4f}"
+
+    lines = ["# Ablation on the test window", "",
+             f"Mean ± std over seeds (trained variants); references are deterministic. GAUC is impression-weighted "
+             f"per-user AUC over users with a click and a non-click; Recall@3/NDCG@3 over sessions with a click.", ""]
+    for sl in ("overall", "cold-start intents shown"):
+        if sl not in summary.index.get_level_values(0):
+            continue
+        lines += [f"## {sl}", "", "| variant | " + " | ".join(METRICS) + " | seeds | sessions w/ click |",
+                  "|---|" + "---|" * (len(METRICS) + 2)]
+        for v in summary.loc[sl].index:
+            lines.append(f"| {v} | " + " | ".join(cell(sl, v, m) for m in METRICS) +
+                         f" | {int(summary.loc[(sl, v), ('n', 'seeds')])} | {int(summary.loc[(sl, v), ('n', 'sessions_with_click')])} |")
+        lines.append("")
+    headline = {}
+    base, cand = ecfg["baseline"], ecfg["candidate"]
+    if base in trained and cand in trained:
+        lines += [f"## {cand} vs {base}", "", "| slice | metric | Δ mean | z = Δ / √(sd₁² + sd₂²) |", "|---|---|---|---|"]
+        for sl in ("overall", "cold-start intents shown"):
+            for m in HEADLINE:
+                a, b = summary.loc[(sl, cand)], summary.loc[(sl, base)]
+                delta = a[("mean", m)] - b[("mean", m)]
+                z = delta / max(np.hypot(a[("std", m)], b[("std", m)]), 1e-12)
+                tag = "overall" if sl == "overall" else "cold_start"
+                headline[f"{tag}_{m}_delta"], headline[f"{tag}_{m}_z"] = float(delta), float(z)
+                lines.append(f"| {sl} | {m} | {delta:+.4f} | {z:+.1f} |")
+        lines.append("")
+    lines += ["## By slice (GAUC, Recall@3)", "", "| slice | " + " | ".join(summary.index.get_level_values(1).unique()) + " |",
+              "|---|" + "---|" * len(summary.index.get_level_values(1).unique())]
+    for sl in summary.index.get_level_values(0).unique():
+        vals = []
+        for v in summary.index.get_level_values(1).unique():
+            vals.append(f"{summary.loc[(sl, v), ('mean', 'gauc')]:.3f} / {summary.loc[(sl, v), ('mean', 'recall_at_3')]:.3f}"
+                        if (sl, v) in summary.index else "–")
+        lines.append(f"| {sl} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n", headline
+
+
+def make_plots(table, variants, f, summary, order) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rgalign_core import metrics
+
+    plots = {}
+    # GAUC by slice with error bars
+    sl = [s for s in summary.index.get_level_values(0).unique()]
+    fig, ax = plt.subplots(figsize=(max(8, len(sl) * 0.6), 4))
+    width = 0.8 / len(order)
+    for i, v in enumerate(order):
+        mu = [summary.loc[(s, v), ("mean", "gauc")] if (s, v) in summary.index else np.nan for s in sl]
+        sd = [summary.loc[(s, v), ("std", "gauc")] if (s, v) in summary.index else 0 for s in sl]
+        ax.bar(np.arange(len(sl)) + i * width, mu, width, yerr=sd, label=v, capsize=2)
+    ax.set_xticks(np.arange(len(sl)) + 0.4 - width / 2, sl, rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0.4, 1.0)
+    ax.set_ylabel("GAUC")
+    ax.legend(fontsize=7)
+    ax.set_title("GAUC by slice (mean ± std over seeds)")
+    fig.tight_layout()
+    plots["gauc_by_slice.png"] = fig
+    # calibration curves (reliability diagram), seed-averaged probabilities
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
+    for v, seeds in variants.items():
+        p = np.mean([s["prob"] for s in seeds.values()], 0)
+        conf, acc, n = metrics.reliability(f["clicked"], p, bins=10)
+        ok = n > 0
+        ax.plot(conf[ok], acc[ok], marker="o", label=v)
+    ax.set(xlabel="predicted CTR", ylabel="observed CTR", title="Reliability (test window)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    plots["calibration_curves.png"] = fig
+    return plots
+
+
+def _to_parent(ctx, report_md: str, summary, plots: dict) -> None:
+    """The reviewer's view: the table and plots on the DAG run's parent run too."""
+    import tempfile
+    from pathlib import Path
+
+    client = ctx.tracker.client
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "ablation.md").write_text(report_md)
+        (Path(tmp) / "ablation.html").write_text(summary.to_html(float_format=lambda x: f"{x:.4f}"))
+        for name, fig in plots.items():
+            fig.savefig(Path(tmp) / name, dpi=110)
+        client.log_artifacts(ctx.tracker.parent_id, tmp, "evaluation")
+    for (sl, v), row in summary.iterrows():
+        if sl == "overall" and not np.isnan(row[("mean", "gauc")]):
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in v)
+            client.log_metric(ctx.tracker.parent_id, f"test_gauc.{safe}", float(row[("mean", "gauc")]))
+            client.log_metric(ctx.tracker.parent_id, f"test_recall_at_3.{safe}", float(row[("mean", "recall_at_3")]))
+
+
+def main(argv=None):
+    return stage.main("evaluate", run, __doc__, argv)
+
+
+if __name__ == "__main__":
+    main()

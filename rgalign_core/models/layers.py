@@ -1,0 +1,106 @@
+"""Layers shared by the rankers: field embeddings, AutoInt attention, a mixture-of-experts head,
+the user/context tower and the intent tower."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(dropout)]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return nn.Sequential(*layers)
+
+
+class FieldEmbedding(nn.Module):
+    """Categorical fields by lookup; numeric field i as value·e_i + missing·m_i (FuxiCTR style)."""
+
+    def __init__(self, cardinalities: list[int], n_numeric: int, dim: int):
+        super().__init__()
+        self.cat = nn.ModuleList(nn.Embedding(c + 1, dim) for c in cardinalities)
+        self.num = nn.Parameter(torch.randn(n_numeric, dim) * 0.05)
+        self.missing = nn.Parameter(torch.randn(n_numeric, dim) * 0.05)
+
+    def forward(self, cat, num, num_missing):  # -> [B, fields, dim]
+        cats = torch.stack([emb(cat[:, i]) for i, emb in enumerate(self.cat)], 1)
+        nums = num.unsqueeze(-1) * self.num + num_missing.unsqueeze(-1) * self.missing
+        return torch.cat([cats, nums], 1)
+
+
+class AutoIntLayer(nn.Module):
+    """Multi-head self-attention across feature fields with a residual (AutoInt)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.residual = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        out, _ = self.attn(x, x, x, need_weights=False)
+        return torch.relu(out + self.residual(x))
+
+
+class MoEHead(nn.Module):
+    """A softmax-gated mixture of expert MLPs."""
+
+    def __init__(self, d_in: int, d_out: int, experts: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.gate = nn.Linear(d_in, experts)
+        self.experts = nn.ModuleList(mlp([d_in, hidden, d_out], dropout) for _ in range(experts))
+
+    def forward(self, x):
+        g = torch.softmax(self.gate(x), -1)  # [B, E]
+        out = torch.stack([e(x) for e in self.experts], 1)  # [B, E, d_out]
+        return (g.unsqueeze(-1) * out).sum(1)
+
+
+class UserTower(nn.Module):
+    """User/context fields -> AutoInt layers -> MoE head. Returns (user vector, field tokens or None)."""
+
+    def __init__(self, cardinalities: list[int], n_numeric: int, cfg: dict, field_tokens: bool = False):
+        super().__init__()
+        d, D = cfg["field_dim"], cfg["dim"]
+        self.fields = FieldEmbedding(cardinalities, n_numeric, d)
+        self.autoint = nn.Sequential(*[AutoIntLayer(d, cfg["heads"], cfg["dropout"]) for _ in range(cfg["autoint_layers"])])
+        n_fields = len(cardinalities) + n_numeric
+        self.head = MoEHead(n_fields * d, D, cfg["experts"], cfg["hidden"], cfg["dropout"])
+        # field tokens in the ranking space, for models that attend over them (QE-Rec)
+        self.tokens = nn.Linear(d, D) if field_tokens else None
+
+    def forward(self, b):
+        x = self.autoint(self.fields(b["cat"], b["num"], b["num_missing"]))
+        return self.head(x.flatten(1)), (self.tokens(x) if self.tokens is not None else None)
+
+
+class IntentTower(nn.Module):
+    """Intent id, category, title words (mean of embeddings) and age -> one vector per shown intent."""
+
+    def __init__(self, n_intents: int, n_categories: int, n_words: int, cfg: dict):
+        super().__init__()
+        D = cfg["dim"]
+        self.id = nn.Embedding(n_intents + 1, D)
+        self.category = nn.Embedding(n_categories, D)
+        self.words = nn.Embedding(n_words + 1, D, padding_idx=0)
+        self.out = mlp([3 * D + 1, cfg["hidden"], D], cfg["dropout"])
+
+    def forward(self, b):  # -> [B, K, D]
+        t = b["intent_title"]
+        n = (t > 0).sum(-1, keepdim=True).clamp(min=1)
+        title = self.words(t).sum(-2) / n
+        x = torch.cat([self.id(b["intent"]), self.category(b["intent_cat"]), title, b["intent_age"].unsqueeze(-1)], -1)
+        return self.out(x)
+
+
+class PositionBias(nn.Module):
+    """An additive logit per shown position, used in training only, so the towers learn relevance
+    rather than the logging policy's position effect."""
+
+    def __init__(self, positions: int = 16):
+        super().__init__()
+        self.bias = nn.Embedding(positions, 1)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, position):
+        return self.bias(position.clamp(max=self.bias.num_embeddings - 1)).squeeze(-1)

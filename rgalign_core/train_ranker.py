@@ -1,0 +1,215 @@
+"""The one training loop for every ranker (two-tower baseline, QE-Rec), and its job body.
+
+Tensors are sliced by session index (no per-row Dataset); each epoch shuffles sessions with a
+seeded generator; the loss is listwise softmax over a session's shown intents on the click
+(sessions without a click skip it) plus a pointwise BCE term, so scores can be calibrated to CTR;
+training uses an additive position bias that inference leaves out. Early stopping keeps the
+epoch with the best validation GAUC. Deterministic on CPU for a seed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rgalign_core import metrics
+
+log = logging.getLogger("rgalign.train_ranker")
+
+
+def schema_of(data) -> dict:
+    from rgalign_core.ranking_data import CATEGORICAL, NUMERIC
+
+    v = data.vocab
+    return {"cardinalities": [len(x) for x in CATEGORICAL.values()], "n_numeric": len(NUMERIC),
+            "n_intents": len(v.intent_ids), "n_categories": len(v.categories), "n_words": len(v.title_words),
+            "query_dim": data.query_dim}
+
+
+def build(name: str, schema: dict, cfg: dict, seed: int):
+    import torch
+
+    from rgalign_core.models import MODELS
+
+    torch.manual_seed(seed)
+    return MODELS[name](schema, cfg)
+
+
+def loss_fn(logits, b, listwise_weight: float, bce_weight: float):
+    import torch
+    import torch.nn.functional as F
+
+    mask, y = b["mask"], b["clicked"]
+    masked = logits.masked_fill(~mask, -1e9)
+    has_click = y.sum(1) > 0
+    loss = logits.new_zeros(())
+    if has_click.any():
+        target = y[has_click] / y[has_click].sum(1, keepdim=True)
+        loss = loss + listwise_weight * -(target * torch.log_softmax(masked[has_click], 1)).sum(1).mean()
+    bce = F.binary_cross_entropy_with_logits(logits[mask], y[mask])
+    return loss + bce_weight * bce
+
+
+def predict(model, data, idx: np.ndarray, batch_sessions: int = 1024) -> np.ndarray:
+    """Logits [len(idx), K] without the position bias."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for a in range(0, len(idx), batch_sessions):
+            out.append(model(data.batch(idx[a:a + batch_sessions])).numpy())
+    return np.concatenate(out) if out else np.zeros((0, data.tensors["mask"].shape[1]), np.float32)
+
+
+def evaluate(model, data, idx: np.ndarray, k: int = 3) -> dict:
+    logits = predict(model, data, idx)
+    f = data.flat(idx, logits)
+    return metrics.ranking_report(f["user_id"], f["session_id"], f["clicked"], f["score"],
+                                  probs=1 / (1 + np.exp(-f["score"])), k=k)
+
+
+def fit(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: dict, seed: int, log_metric=None):
+    """Train with early stopping on validation GAUC; returns (best model, per-epoch history)."""
+    import torch
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg.get("weight_decay", 0.0)))
+    B = int(cfg["batch_sessions"])
+    best, best_state, bad, history = -1.0, None, 0, []
+    for epoch in range(1, int(cfg["epochs"]) + 1):
+        model.train()
+        perm = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        t0, total, n_imp = time.time(), 0.0, 0
+        for a in tqdm(range(0, len(perm), B), desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=2):
+            b = data.batch(perm[a:a + B])
+            loss = loss_fn(model(b, with_position=True), b, float(cfg["listwise_weight"]), float(cfg["bce_weight"]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b["mask"])
+            n_imp += int(b["mask"].sum())
+        seconds = time.time() - t0
+        valid = evaluate(model, data, valid_idx)
+        row = {"epoch": epoch, "train_loss": total / len(perm), "valid_gauc": valid["gauc"], "valid_auc": valid["auc"],
+               "valid_recall_at_3": valid["recall_at_3"], "valid_logloss": valid["logloss"],
+               "samples_per_s": n_imp / max(seconds, 1e-9), "epoch_s": seconds}
+        history.append(row)
+        log.info("epoch %d: loss %.4f valid GAUC %.4f recall@3 %.4f (%.0f samples/s)", epoch, row["train_loss"],
+                 row["valid_gauc"], row["valid_recall_at_3"], row["samples_per_s"])
+        if log_metric:
+            log_metric(row, epoch)
+        if valid["gauc"] > best + 1e-5:
+            best, bad = valid["gauc"], 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= int(cfg["patience"]):
+                break
+    model.load_state_dict(best_state)
+    return model, history
+
+
+def save(model, path: Path, name: str, schema: dict, cfg: dict, vocab, extra: dict) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps({"model": name, "schema": schema, "model_cfg": cfg, "vocab": vocab.to_dict(), **extra}, indent=2))
+
+
+def load_model(path: str | Path):
+    """A saved ranker, frozen, with its vocabulary (for reward_select, evaluate and serving)."""
+    from safetensors.torch import load_file
+
+    from rgalign_core.ranking_data import Vocab
+
+    conf = json.loads((Path(path) / "config.json").read_text())
+    model = build(conf["model"], conf["schema"], conf["model_cfg"], seed=0)
+    model.load_state_dict(load_file(str(Path(path) / "model.safetensors")))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, Vocab(**conf["vocab"]), conf
+
+
+# ---- the job body shared by train_baseline and train_qe_rec ----------------------------------------
+
+def run_job(ctx, model_name: str, query_variant: str | None) -> dict:
+    """Train ``cfg.ranker.seeds`` seeds, save each (safetensors + config) and its test predictions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pyarrow as pa
+
+    from rgalign_core import ranking_data
+    from rgalign_core.config import fingerprint
+
+    import torch
+
+    cfg, lake = ctx.cfg, ctx.lake
+    rcfg = cfg["ranker"]
+    torch.set_num_threads(int(rcfg.get("threads") or 1))
+    w = ctx.windows()
+    days = w["samples"]
+    inputs = [lake.partition("features", "samples", d) for d in days]
+    if query_variant:
+        inputs += [lake.partition("queries", query_variant, d) for d in days]
+    for p in inputs:
+        lake.require(p, f"{ctx.stage} input")
+    kb_path = lake.partition("validated", "kb_intents", ctx.ds)
+    fp = fingerprint({"model": model_name, "ranker": rcfg, "inputs": [lake.marker(p).get("fingerprint") for p in inputs],
+                      "kb": lake.marker(kb_path).get("fingerprint")})
+    out = lake.partition("models", model_name, ctx.ds, key="ds")
+    if ctx.up_to_date([out], fp):
+        log.info("%s for %s is up to date; use --force to retrain", model_name, ctx.ds)
+        return {"skipped": 1}
+
+    kb = lake.read_partition(kb_path, "validated.kb_intents").to_pylist()
+    data = ranking_data.load(lake, days, kb, query_variant=query_variant)
+    tr, va, te = data.index(w["train"]), data.index(w["valid"]), data.index(w["test"])
+    schema = schema_of(data)
+    ctx.tracker.params({"sessions.train": len(tr), "sessions.valid": len(va), "sessions.test": len(te)})
+    for name, paths in (("features.samples", inputs[:len(days)]),) + ((("queries." + query_variant, inputs[len(days):]),) if query_variant else ()):
+        ctx.tracker.dataset(lake, paths, name, context="training")
+    results, histories, preds = {}, {}, []
+    with lake.write_partition(out, {"fingerprint": fp}) as tmp:
+        for seed in rcfg["seeds"]:
+            model = build(model_name, schema, rcfg["model"], seed)
+            model, hist = fit(model, data, tr, va, rcfg, seed,
+                              log_metric=lambda row, ep, s=seed: ctx.tracker.metrics({f"seed{s}/{k}": v for k, v in row.items() if k != "epoch"}, step=ep))
+            histories[seed] = hist
+            test = evaluate(model, data, te)
+            results[seed] = test
+            save(model, Path(tmp) / f"seed={seed}", model_name, schema, rcfg["model"], data.vocab,
+                 {"seed": seed, "query_variant": query_variant, "ds": ctx.ds_str, "test": test})
+            logits = predict(model, data, te)
+            f = data.flat(te, logits)
+            preds.append(pa.table({"session_id": f["session_id"], "intent_id": f["intent_id"], "seed": np.full(len(f["score"]), seed),
+                                   "score": f["score"].astype(np.float32), "clicked": f["clicked"].astype(np.int8)}))
+        pa.parquet.write_table(pa.concat_tables(preds), str(Path(tmp) / "test_predictions.parquet"))
+    summary = {}
+    for key in ("gauc", "auc", "recall_at_3", "ndcg_at_3", "logloss"):
+        vals = np.array([r[key] for r in results.values()])
+        summary[f"test_{key}_mean"], summary[f"test_{key}_std"] = float(vals.mean()), float(vals.std(ddof=1) if len(vals) > 1 else 0.0)
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    for seed, hist in histories.items():
+        ax[0].plot([h["epoch"] for h in hist], [h["train_loss"] for h in hist], marker=".", label=f"seed {seed}")
+        ax[1].plot([h["epoch"] for h in hist], [h["valid_gauc"] for h in hist], marker=".", label=f"seed {seed}")
+    ax[0].set(title=f"{model_name}: train loss", xlabel="epoch")
+    ax[1].set(title="validation GAUC", xlabel="epoch")
+    ax[1].legend()
+    fig.tight_layout()
+    ctx.tracker.figure(fig, "training_curves.png")
+    plt.close(fig)
+    ctx.tracker.dict({str(s): r for s, r in results.items()}, "test_metrics_by_seed.json")
+    ctx.tracker.artifact(str(Path(out) / f"seed={rcfg['seeds'][0]}"), "model")
+    sps = [h["samples_per_s"] for hist in histories.values() for h in hist]
+    return {**summary, "samples_per_s": float(np.mean(sps)), "epochs_mean": float(np.mean([len(h) for h in histories.values()])),
+            "test_sessions": len(te)}
