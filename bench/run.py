@@ -74,13 +74,12 @@ def duckdb_extract(lake: Path, days: list[dt.date], raw_days: list[dt.date], loo
     import duckdb
     import sqlglot
 
+    from jobs.extract_features import VIEWS
     from rgalign_core.spark import sql_text
 
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
-    views = {"sessions": "chatbot_sessions", "orders": "orders", "events": "behaviour_events", "users": "users",
-             "impressions": "intent_impressions", "kb": "kb_intents"}
-    for view, table in views.items():
+    for view, table in VIEWS.items():
         files = [str(lake / "validated" / table / f"dt={d}" / "part-00000.parquet") for d in raw_days]
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({files!r}, hive_partitioning = true)")
     feats_sql = sqlglot.transpile(sql_text("session_features.sql"), read="spark", write="duckdb")[0]

@@ -28,6 +28,9 @@ from rgalign_core.config import fingerprint  # noqa: E402
 
 log = logging.getLogger("rgalign.extract_features")
 VERSION = 1  # bump when the SQL's meaning changes, so cached outputs are recomputed
+# SQL view name -> the validated table it reads; the job's inputs are exactly these tables.
+VIEWS = {"sessions": "chatbot_sessions", "orders": "orders", "events": "behaviour_events", "users": "users",
+         "impressions": "intent_impressions", "kb": "kb_intents"}
 
 
 def run(ctx: stage.Context) -> dict:
@@ -38,8 +41,7 @@ def run(ctx: stage.Context) -> dict:
     lake, w = ctx.lake, ctx.windows()
     days, raw_days = w["samples"], w["raw"]
     lookback = int(ctx.cfg["windows"]["feature_lookback_days"])
-    inputs = {t: [lake.partition("validated", t, d) for d in raw_days]
-              for t in ("chatbot_sessions", "orders", "behaviour_events", "users", "intent_impressions", "kb_intents")}
+    inputs = {t: [lake.partition("validated", t, d) for d in raw_days] for t in VIEWS.values()}
     for t, paths in inputs.items():
         for p in paths:
             lake.require(p, f"extract_features input {t}")
@@ -82,9 +84,7 @@ def extract(spark, lake, days, raw_days, lookback: int, meta: dict):
     """
     from rgalign_core import spark as sparkx
 
-    views = {"sessions": "chatbot_sessions", "orders": "orders", "events": "behaviour_events", "users": "users",
-             "impressions": "intent_impressions", "kb": "kb_intents"}
-    for view, table in views.items():
+    for view, table in VIEWS.items():
         sparkx.read_partitions(spark, lake, "validated", table, raw_days, f"extract_features input {table}") \
             .createOrReplaceTempView(view)
     feats = sparkx.run_sql(spark, "session_features.sql", first_day=days[0].isoformat(),
