@@ -45,6 +45,10 @@ recorded as an MLflow child run under one parent run per DAG run.
 | `train_baseline` | `jobs/train_baseline.py` | `models/two_tower/ds=…` (3 seeds + test predictions) |
 | `train_qe_rec` | `jobs/train_qe_rec.py` | `models/qe_rec/ds=…` (3 seeds + test predictions) |
 | `reward_select` | `jobs/reward_select.py` | `rewards/{best,pairs,scored}/dt=…` (RG-SFT targets, DPO pairs) |
+| `rg_sft` | `jobs/rg_sft.py` (DeepSpeed) | `models/reasoner_sft/ds=…`, `queries/sft/dt=…`, `models/qe_rec_sft/ds=…` |
+| `rg_dpo` | `jobs/rg_dpo.py` (DeepSpeed) | `models/reasoner_dpo/ds=…`, `queries/dpo/dt=…`, `models/qe_rec_dpo/ds=…` |
+| `rg_cl` | `jobs/rg_cl.py` (DeepSpeed) | `models/reasoner_cl/ds=…`, `queries/cl/dt=…`, `models/qe_rec_cl/ds=…` |
+| `calibrate` | `jobs/calibrate.py` | per round `models/reasoner_cal<r>`, `queries/cal<r>`, `models/qe_rec_cal<r>`; `models/qe_rec_calibrated/ds=…` |
 | `evaluate` | `jobs/evaluate.py` | ablation table + plots on the parent MLflow run |
 
 **Rerun one stage** for a date (inputs are found from the date, never from XComs):
@@ -112,14 +116,18 @@ def rgalign_nightly():
     baseline = job("train_baseline", pool=HEAVY_POOL)
     qe_rec = job("train_qe_rec", pool=HEAVY_POOL)
     reward = job("reward_select", pool=HEAVY_POOL)
+    sft = job("rg_sft", pool=HEAVY_POOL)
+    dpo = job("rg_dpo", pool=HEAVY_POOL)
+    cl = job("rg_cl", pool=HEAVY_POOL)
+    calibrate = job("calibrate", pool=HEAVY_POOL)
     evaluate = job("evaluate")
 
     choose_source() >> [simulate, validate]
     simulate >> validate >> features >> [bootstrap, baseline]
     bootstrap >> [teachers, encode]
     encode >> qe_rec
-    [qe_rec, teachers] >> reward
-    [baseline, qe_rec] >> evaluate
+    [qe_rec, teachers] >> reward >> sft >> dpo >> cl >> calibrate
+    [baseline, calibrate] >> evaluate
 
 
 rgalign_nightly()

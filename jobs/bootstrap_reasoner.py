@@ -5,7 +5,11 @@ bootstrap and the task logs that and returns). The corpus: KB intents (title + a
 each training session, its verbalised prompt followed by the candidate latent queries of the
 non-LLM teachers (rules over the discrete state, retrieval over the session's text). A byte-level
 BPE tokenizer is trained on it, a small Qwen3 is built from ``reasoner.tiny``, and the shared
-DeepSpeed loop (rgalign_core/ds_trainer.py) trains it as a causal LM on packed blocks, launched
+DeepSpeed loop (rgalign_core/ds_trainer.py) trains it as a causal LM, one document per row
+(``train.rows: document``, length-bucketed, so a prompt and its query are always seen together)
+or on packed blocks (``train.rows: packed``, which split most prompt + query documents across two
+blocks: the model then learns the query without its prompt and writes the same one for everyone),
+launched
 by the ``deepspeed`` launcher on ``train.nproc`` processes. The result, safetensors + tokenizer +
 config, is written atomically to ``models/reasoner/ds=<ds>/`` and logged to MLflow.
 
@@ -97,8 +101,20 @@ def run(ctx: stage.Context) -> dict:
     docs, counts, n_sessions = build_corpus(ctx)
     tokenizer = train_tokenizer(docs, int(cfg["reasoner"]["tiny"]["vocab_size"]))
     tcfg = cfg["train"]
-    blocks, n_tokens = pack(tokenizer, docs, int(tcfg["block_size"]))
-    log.info("corpus: %d documents, %d tokens, %d blocks of %d", len(docs), n_tokens, len(blocks), tcfg["block_size"])
+    rows_mode = tcfg.get("rows", "document")
+    if rows_mode == "packed":
+        blocks, n_tokens = pack(tokenizer, docs, int(tcfg["block_size"]))
+        data_file, objective, bucket = "blocks.npy", "causal_lm", None
+        log.info("corpus: %d documents, %d tokens, %d blocks of %d", len(docs), n_tokens, len(blocks), tcfg["block_size"])
+    elif rows_mode == "document":
+        from rgalign_core.alignment import document_arrays
+
+        arrays = document_arrays(tokenizer, docs, int(tcfg["block_size"]))
+        n_tokens = int(arrays["length"].sum())
+        data_file, objective, bucket = "rows.npz", "sft", "length"
+        log.info("corpus: %d documents, %d tokens, one row each (at most %d tokens)", len(docs), n_tokens, tcfg["block_size"])
+    else:
+        raise stage.StageError(f"train.rows={rows_mode!r}: use document or packed")
     arch = {k: v for k, v in cfg["reasoner"]["tiny"].items() if k != "vocab_size"}
     model = build_tiny(tokenizer, arch, seed=int(cfg["bootstrap"]["seed"]))
     n_params = sum(p.numel() for p in model.parameters())
@@ -112,10 +128,14 @@ def run(ctx: stage.Context) -> dict:
         log.info("resuming from the checkpoint in %s", ckpt)
     try:
         model.save_pretrained(work / "init", safe_serialization=True)
-        np.save(work / "blocks.npy", blocks)
+        if rows_mode == "packed":
+            np.save(work / data_file, blocks)
+        else:
+            np.savez(work / data_file, **arrays)
         with lake.write_partition(out, {"fingerprint": fp}) as tmp:
             spec = {
-                "name": "bootstrap", "objective": "causal_lm", "model_dir": str(work / "init"), "data": str(work / "blocks.npy"),
+                "name": "bootstrap", "objective": objective, "model_dir": str(work / "init"), "data": str(work / data_file),
+                "bucket_by": bucket,
                 "ds_config": str(PROJECT_ROOT / tcfg["ds_config"]), "global_batch": int(tcfg["global_batch"]),
                 "train_steps": int(tcfg["steps"]), "lr": float(tcfg["lr"]), "warmup_steps": int(tcfg["warmup_steps"]),
                 "seed": int(tcfg["seed"]), "log_every": int(tcfg["log_every"]), "save_every": int(tcfg.get("save_every", 0)),

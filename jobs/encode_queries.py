@@ -25,15 +25,21 @@ VERSION = 1
 
 
 def run(ctx: stage.Context) -> dict:
+    from jobs.bootstrap_reasoner import require_reasoner
+
+    return encode(ctx, require_reasoner(ctx), ctx.cfg["encode"]["variant"])
+
+
+def encode(ctx: stage.Context, model_path: str, variant: str, metric_prefix: str = "") -> dict:
+    """Queries and embeddings of every sample-window session by the reasoner at ``model_path``,
+    into ``queries/<variant>/dt=``; the alignment stages call it for their reasoner versions."""
     import pyarrow as pa
 
-    from jobs.bootstrap_reasoner import require_reasoner
     from rgalign_core.reasoner import Reasoner, model_version
 
     cfg, lake = ctx.cfg, ctx.lake
     ecfg = cfg["encode"]
     days = ctx.windows()["samples"]
-    model_path = require_reasoner(ctx)
     version = model_version(model_path)
     inputs = [lake.partition("features", "sessions", d) for d in days]
     for p in inputs:
@@ -41,11 +47,11 @@ def run(ctx: stage.Context) -> dict:
     fp = fingerprint({"version": VERSION, "reasoner_version": version, "template": cfg["reasoner"]["template"],
                       "max_new_tokens": cfg["reasoner"]["max_new_tokens"],
                       "inputs": [lake.marker(p).get("fingerprint") for p in inputs]})
-    outputs = [lake.partition("queries", ecfg["variant"], d) for d in days]
-    ctx.tracker.params({"reasoner_path": model_path, "reasoner_version": version})
+    outputs = [lake.partition("queries", variant, d) for d in days]
+    ctx.tracker.params({f"{metric_prefix}reasoner_path": model_path, f"{metric_prefix}reasoner_version": version})
     if ctx.up_to_date(outputs, fp):
         log.info("queries for %s..%s are up to date (reasoner %s)", days[0], days[-1], version)
-        return {"skipped": 1}
+        return {f"{metric_prefix}skipped": 1}
 
     reasoner = Reasoner.load(model_path, template=cfg["reasoner"]["template"])
     dim = reasoner.hidden_size
@@ -75,17 +81,20 @@ def run(ctx: stage.Context) -> dict:
                  t1 - t0, len(prompts) / max(t1 - t0, 1e-9), t2 - t1, len(prompts) / max(t2 - t1, 1e-9))
     sample = lake.read_partition(outputs[-1], "queries")
     ctx.tracker.text("\n".join(f"{s}\t{q}" for s, q in zip(sample["session_id"].to_pylist()[:50], sample["latent_query"].to_pylist()[:50])),
-                     "sample_queries.tsv")
-    ctx.tracker.dataset(lake, outputs, f"queries.{ecfg['variant']}", context="output")
+                     f"{metric_prefix}sample_queries.tsv")
+    ctx.tracker.dataset(lake, outputs, f"queries.{variant}", context="output")
     n = max(totals["sessions"], 1)
-    return {
+    result = {
         "sessions": totals["sessions"], "embedding_dim": dim, "reasoner_version": version,
         "generate_seq_per_s": n / max(totals["generate_s"], 1e-9),
         "generate_tokens_per_s": totals["new_tokens"] / max(totals["generate_s"], 1e-9),
         "embed_seq_per_s": n / max(totals["embed_s"], 1e-9),
         "mean_query_tokens": totals["new_tokens"] / n,
+        # a reasoner that writes the same query for everyone gives the ranker nothing per session
+        "distinct_query_share": len({q for d in outputs for q in lake.read_partition(d, "queries", ["latent_query"])["latent_query"].to_pylist()}) / n,
         "empty_queries": int(sum(1 for d in outputs for q in lake.read_partition(d, "queries", ["latent_query"])["latent_query"].to_pylist() if not q)),
     }
+    return {f"{metric_prefix}{k}": v for k, v in result.items()}
 
 
 def main(argv=None):

@@ -76,7 +76,10 @@ def run(ctx: stage.Context) -> dict:
             s = p.set_index(["session_id", "intent_id"])["score"].reindex(key).to_numpy(np.float64)
             if np.isnan(s).any():
                 raise stage.StageError(f"variant {v['name']} seed {seed}: predictions miss {int(np.isnan(s).sum())} test impressions")
-            variants[v["name"]][int(seed)] = {"score": s, "prob": 1 / (1 + np.exp(-s))}
+            # calibrated variants carry their calibrated probability; the others are σ(score)
+            prob = (p.set_index(["session_id", "intent_id"])["prob"].reindex(key).to_numpy(np.float64)
+                    if "prob" in p.columns else 1 / (1 + np.exp(-s)))
+            variants[v["name"]][int(seed)] = {"score": s, "prob": prob}
     if not variants:
         raise stage.StageError("no trained ranker for this date: run train_baseline / train_qe_rec first")
     references = {"logging policy (shown order)": -f["position"].astype(np.float64)}
@@ -155,6 +158,25 @@ def render(summary, table, trained: list[str], ecfg: dict) -> tuple[str, dict]:
                 headline[f"{tag}_{m}_delta"], headline[f"{tag}_{m}_z"] = float(delta), float(z)
                 lines.append(f"| {sl} | {m} | {delta:+.4f} | {z:+.1f} |")
         lines.append("")
+    # each alignment stage against the variant before it (the configured order)
+    chain = [v for v in summary.index.get_level_values(1).unique() if v in trained and v != base]
+    if len(chain) > 1:
+        lines += ["## Each stage against the one before it", "",
+                  "| stage | vs | slice | Δ GAUC (z) | Δ Recall@3 (z) |", "|---|---|---|---|---|"]
+        for prev, cur in zip(chain, chain[1:]):
+            for sl in ("overall", "cold-start intent clicked"):
+                if (sl, cur) not in summary.index or (sl, prev) not in summary.index:
+                    continue
+                cells = []
+                for m in HEADLINE:
+                    a, b = summary.loc[(sl, cur)], summary.loc[(sl, prev)]
+                    delta = a[("mean", m)] - b[("mean", m)]
+                    z = delta / max(np.hypot(a[("std", m)], b[("std", m)]), 1e-12)
+                    cells.append(f"{delta:+.4f} ({z:+.1f})")
+                    if sl == "overall":
+                        headline[f"stage.{_safe(cur)}.{m}_delta"] = float(delta)
+                lines.append(f"| {cur} | {prev} | {sl} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += ["## By slice (GAUC, Recall@3)", "", "| slice | " + " | ".join(summary.index.get_level_values(1).unique()) + " |",
               "|---|" + "---|" * len(summary.index.get_level_values(1).unique())]
     for sl in summary.index.get_level_values(0).unique():
@@ -166,6 +188,11 @@ def render(summary, table, trained: list[str], ecfg: dict) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", headline
 
 
+def _safe(name: str) -> str:
+    """A variant's name as an MLflow metric key."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("_")
+
+
 def make_plots(table, variants, f, summary, order) -> dict:
     import matplotlib
 
@@ -175,6 +202,19 @@ def make_plots(table, variants, f, summary, order) -> dict:
     from rgalign_core import metrics
 
     plots = {}
+    # the ablation at a glance: overall and cold-start GAUC / Recall@3 per variant, with error bars
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, m in zip(axes, HEADLINE):
+        for j, sl in enumerate(("overall", "cold-start intent clicked")):
+            mu = [summary.loc[(sl, v), ("mean", m)] if (sl, v) in summary.index else np.nan for v in order]
+            sd = [summary.loc[(sl, v), ("std", m)] if (sl, v) in summary.index else 0 for v in order]
+            ax.errorbar(np.arange(len(order)) + (j - 0.5) * 0.15, mu, yerr=sd, fmt="o", capsize=3, label=sl)
+        ax.set_xticks(np.arange(len(order)), order, rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"{m} on the test window (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    plots["ablation.png"] = fig
     # GAUC by slice with error bars
     sl = [s for s in summary.index.get_level_values(0).unique()]
     fig, ax = plt.subplots(figsize=(max(8, len(sl) * 0.6), 4))
@@ -219,7 +259,7 @@ def _to_parent(ctx, report_md: str, summary, plots: dict) -> None:
         client.log_artifacts(ctx.tracker.parent_id, tmp, "evaluation")
     for (sl, v), row in summary.iterrows():
         if sl == "overall" and not np.isnan(row[("mean", "gauc")]):
-            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in v)
+            safe = _safe(v)
             client.log_metric(ctx.tracker.parent_id, f"test_gauc.{safe}", float(row[("mean", "gauc")]))
             client.log_metric(ctx.tracker.parent_id, f"test_recall_at_3.{safe}", float(row[("mean", "recall_at_3")]))
 

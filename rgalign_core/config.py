@@ -1,4 +1,5 @@
-"""Stage configs: ``conf/pipeline.yaml`` (shared) merged with ``conf/<stage>.yaml``, then overrides.
+"""Stage configs: ``conf/pipeline.yaml`` (shared) merged with ``conf/<stage>.yaml`` (and the
+files of the stages it ``uses:``), then overrides.
 
 Precedence, lowest first: pipeline.yaml < <stage>.yaml < environment (RGALIGN_LAKE_ROOT,
 RGALIGN_RAW_ROOT, RGALIGN_SPARK_MASTER, MLFLOW_TRACKING_URI,
@@ -81,7 +82,13 @@ def load(stage: str, overrides: list[str] | None = None, conf_dir: Path | None =
     stage_file = conf_dir / f"{stage}.yaml"
     if stage_file.exists():
         with open(stage_file) as f:
-            cfg = _merge(cfg, yaml.safe_load(f) or {})
+            own = yaml.safe_load(f) or {}
+        # `uses: [other_stage, ...]`: a stage that runs another stage's step (the alignment stages
+        # re-encode queries) reads that stage's file too, below its own
+        for other in own.pop("uses", None) or []:
+            with open(conf_dir / f"{other}.yaml") as f:
+                cfg = _merge(cfg, yaml.safe_load(f) or {})
+        cfg = _merge(cfg, own)
     for env, dotted in ENV_OVERRIDES.items():
         if os.environ.get(env):
             set_path(cfg, dotted, os.environ[env])

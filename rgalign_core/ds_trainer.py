@@ -1,4 +1,4 @@
-"""The one DeepSpeed training loop for every reasoner stage (bootstrap now; RG-SFT, DPO, RG-CL later).
+"""The one DeepSpeed training loop for every reasoner stage: bootstrap, RG-SFT, DPO and RG-CL.
 
 A stage's job writes a *spec* (JSON: model dir, token data, DeepSpeed config, steps, where to
 checkpoint and save) and calls ``launch(spec, nproc)``, which runs this module under the
@@ -6,6 +6,10 @@ checkpoint and save) and calls ``launch(spec, nproc)``, which runs this module u
 code path. Rank 0 logs loss, tokens/s and lr every ``log_every`` steps (to a JSONL file and, when a
 run id is given, straight to the stage's MLflow run) with a progress bar, checkpoints with
 DeepSpeed's own ``save_checkpoint``, and saves the final model with ``save_pretrained``.
+
+Objectives (``spec["objective"]``): ``causal_lm`` on packed blocks (.npy), and ``sft``, ``dpo``,
+``rg_cl`` on named right-padded arrays (.npz, built by rgalign_core/alignment.py) whose batches are
+cut to their longest row; ``bucket_by: length`` groups rows of similar length into a batch.
 
 Data parallelism is by global batch: step ``s`` takes rows ``perm[s*G:(s+1)*G]`` of a seeded
 permutation, and rank ``r`` its ``r``-th slice, so 1 process and 2 processes see the same global
@@ -63,14 +67,94 @@ def launch(spec: dict, nproc: int, workdir: Path) -> list[dict]:
 
 
 # ---- objectives -----------------------------------------------------------------------------------
+# objective(engine, batch, aux) -> (loss, tokens processed, {metric: value}); aux is built once per
+# run by the objective's setup (the frozen DPO reference, the RG-CL temperature).
 
-def causal_lm_loss(model, batch):
+def causal_lm_loss(model, batch, aux):
     """Next-token loss over every position of packed blocks (no padding)."""
-    out = model(input_ids=batch, labels=batch)
-    return out.loss, int(batch.numel())
+    ids = batch["input_ids"]
+    out = model(input_ids=ids, labels=ids)
+    return out.loss, int(ids.numel()), {}
 
 
-OBJECTIVES = {"causal_lm": causal_lm_loss}
+def sft_objective(model, batch, aux):
+    from rgalign_core.alignment import sft_loss
+
+    loss, n = sft_loss(model, batch)
+    return loss, n, {}
+
+
+def dpo_objective(model, batch, aux):
+    from rgalign_core.alignment import dpo_loss
+
+    return dpo_loss(model, aux["ref"], batch, float(aux["beta"]))
+
+
+def rg_cl_objective(model, batch, aux):
+    from rgalign_core.alignment import rg_cl_loss
+
+    return rg_cl_loss(model, batch, float(aux["tau"]), float(aux["lm_weight"]))
+
+
+OBJECTIVES = {"causal_lm": causal_lm_loss, "sft": sft_objective, "dpo": dpo_objective, "rg_cl": rg_cl_objective}
+
+
+def build_model(spec: dict):
+    """What the run trains: a causal LM, or for RG-CL the reasoner + the query projection."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if spec.get("objective") == "rg_cl":
+        from rgalign_core.alignment import load_query_aligner
+
+        return load_query_aligner(spec["model_dir"], spec["projection_dir"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], local_files_only=True, dtype=torch.float32)
+    model.config.use_cache = False
+    return model
+
+
+def build_aux(spec: dict) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if spec.get("objective") == "dpo":
+        ref = AutoModelForCausalLM.from_pretrained(spec.get("ref_model_dir") or spec["model_dir"], local_files_only=True,
+                                                   dtype=torch.float32)
+        ref.eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return {"ref": ref, "beta": spec.get("beta", 0.1)}
+    if spec.get("objective") == "rg_cl":
+        return {"tau": spec.get("tau", 0.1), "lm_weight": spec.get("lm_weight", 0.0)}
+    return {}
+
+
+def load_data(path: str) -> dict:
+    """Training rows: a .npy of packed token blocks, or a .npz of named arrays sharing axis 0."""
+    if path.endswith(".npz"):
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    return {"input_ids": np.load(path, mmap_mode="r")}
+
+
+def to_batch(data: dict, rows: np.ndarray) -> dict:
+    import torch
+
+    out = {}
+    for k, v in data.items():
+        a = np.asarray(v[rows])
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        out[k] = t.long() if a.dtype.kind in "iu" else t
+    return out
+
+
+def bucketed_permutation(lengths: np.ndarray, global_batch: int, rng) -> np.ndarray:
+    """Rows ordered so each global batch holds rows of similar length (less padding), with the
+    batches in random order and random order among equal lengths."""
+    order = np.lexsort((rng.random(len(lengths)), lengths))
+    n = len(order) // global_batch * global_batch
+    chunks = order[:n].reshape(-1, global_batch)
+    return np.concatenate([chunks[rng.permutation(len(chunks))].reshape(-1), order[n:]])
 
 
 # ---- the loop (in each launched process) ----------------------------------------------------------
@@ -92,13 +176,12 @@ def train(spec: dict) -> None:
     import torch
     import torch.distributed as dist
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM
 
     deepspeed.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(int(spec["seed"]))
-    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], local_files_only=True, dtype=torch.float32)
-    model.config.use_cache = False
+    model = build_model(spec)
+    aux = build_aux(spec)
     cfg = ds_config(spec, world)
     # A torch optimizer: DeepSpeed's own Adam would JIT-compile fused/cpu Adam ops on CPU.
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(spec["lr"]), weight_decay=float(spec.get("weight_decay", 0.0)),
@@ -109,19 +192,22 @@ def train(spec: dict) -> None:
         optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.1, 1 - s / max(1, steps)))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=cfg)
 
-    data = np.load(spec["data"], mmap_mode="r")
+    data = load_data(spec["data"])
+    n_rows = len(next(iter(data.values())))
+    lengths = data.get(spec["bucket_by"]) if spec.get("bucket_by") else None
     micro, accum = cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]
     global_batch = cfg["train_batch_size"]
     rng = np.random.default_rng(int(spec["seed"]))
-    per_epoch = len(data) // global_batch
+    per_epoch = n_rows // global_batch
     if per_epoch == 0:
-        raise ValueError(f"{len(data)} training rows is fewer than one global batch ({global_batch})")
+        raise ValueError(f"{n_rows} training rows is fewer than one global batch ({global_batch})")
     perms: dict[int, np.ndarray] = {}
 
     def batch_rows(step: int) -> np.ndarray:
         epoch, pos = divmod(step, per_epoch)
         while epoch not in perms:  # permutations drawn in order, so step -> rows is fixed
-            perms[len(perms)] = rng.permutation(len(data))
+            perms[len(perms)] = (rng.permutation(n_rows) if lengths is None
+                                 else bucketed_permutation(np.asarray(lengths), global_batch, rng))
         rows = perms[epoch][pos * global_batch:(pos + 1) * global_batch]
         return rows[rank * micro * accum:(rank + 1) * micro * accum]
 
@@ -147,29 +233,35 @@ def train(spec: dict) -> None:
     n_params = sum(p.numel() for p in engine.module.parameters())
     use_mfu = bool(peak) and torch.cuda.is_available()
     bar = tqdm(total=steps, initial=start, desc=spec.get("name", "train"), unit="step", disable=rank != 0)
-    t_last, tokens_since = time.time(), 0
+    t_last, tokens_since, extra_sums, extra_n = time.time(), 0, {}, 0
     engine.train()
     # stop_after: end this run early (after checkpointing) as if interrupted; a resumed run continues.
     stop_after = int(spec.get("stop_after") or steps)
     for step in range(start, min(steps, stop_after)):
         rows = batch_rows(step)
-        loss_sum = 0.0
+        sums = {"loss": 0.0}
         for a in range(accum):
-            mb = torch.from_numpy(np.asarray(data[rows[a * micro:(a + 1) * micro]], dtype=np.int64))
-            loss, n_tokens = objective(engine, mb)
+            loss, n_tokens, extras = objective(engine, to_batch(data, rows[a * micro:(a + 1) * micro]), aux)
             engine.backward(loss)
             engine.step()
-            loss_sum += float(loss.detach())
+            sums["loss"] += float(loss.detach())
+            for k, v in extras.items():
+                sums[k] = sums.get(k, 0.0) + v
             tokens_since += n_tokens * world
-        # The global batch's loss: mean over accumulation steps and ranks.
-        mean_loss = torch.tensor(loss_sum / accum)
-        dist.all_reduce(mean_loss)
-        mean_loss = float(mean_loss) / world
+        # The global batch's loss (and the objective's metrics): mean over accumulation steps and ranks.
+        keys = sorted(sums)
+        reduced = torch.tensor([sums[k] / accum for k in keys], dtype=torch.float64)
+        dist.all_reduce(reduced)
+        step_values = dict(zip(keys, (reduced / world).tolist()))
+        mean_loss = step_values.pop("loss")
+        for k, v in step_values.items():
+            extra_sums[k] = extra_sums.get(k, 0.0) + v
+        extra_n += 1
         bar.update(1)
         if rank == 0 and ((step + 1) % log_every == 0 or step == start or step + 1 == steps or step + 1 == stop_after):
             dt_s = time.time() - t_last
             row = {"step": step + 1, "loss": mean_loss, "tokens_per_s": tokens_since / max(dt_s, 1e-9),
-                   "lr": schedule.get_last_lr()[0]}
+                   "lr": schedule.get_last_lr()[0], **{k: v / extra_n for k, v in extra_sums.items()}}
             if use_mfu:  # 6 N flops per token (forward + backward), over the devices' peak
                 row["mfu"] = 6 * n_params * row["tokens_per_s"] / (float(peak) * 1e12 * world)
             bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -180,11 +272,11 @@ def train(spec: dict) -> None:
             metrics_file.flush()
             if mlflow_client:
                 ts = int(time.time() * 1000)
-                for k in ("loss", "tokens_per_s", "lr", "mfu"):
-                    if k not in row:
+                for k in row:
+                    if k == "step":
                         continue
                     mlflow_client.log_metric(spec["mlflow_run_id"], f"{spec.get('name', 'train')}/{k}", row[k], ts, step + 1)
-            t_last, tokens_since = time.time(), 0
+            t_last, tokens_since, extra_sums, extra_n = time.time(), 0, {}, 0
         if ckpt and save_every and (step + 1) % save_every == 0 and step + 1 < steps:
             engine.save_checkpoint(ckpt, tag=f"step{step + 1}", client_state={"step": step + 1})
     bar.close()
@@ -214,7 +306,11 @@ def save_final(engine, spec: dict, rank: int) -> None:
         if rank == 0:
             out = Path(spec["out_dir"])
             shutil.rmtree(out, ignore_errors=True)
-            module.save_pretrained(out, safe_serialization=True)
+            out.mkdir(parents=True)
+            if hasattr(module, "save"):  # RG-CL: the reasoner and its query projection
+                module.save(str(out))
+            else:
+                module.save_pretrained(out, safe_serialization=True)
     finally:
         if gather:
             gather.__exit__(None, None, None)

@@ -50,9 +50,11 @@ def build_tiny(tokenizer, arch: dict, seed: int):
     return Qwen3ForCausalLM(config)
 
 
-def reasoner_dir(lake, ds) -> str:
-    """Where bootstrap_reasoner writes the built-in tiny reasoner for a logical date."""
-    return lake.partition("models", "reasoner", ds, key="ds")
+def reasoner_dir(lake, ds, variant: str = "base") -> str:
+    """Where a reasoner version for a logical date lives: ``models/reasoner/ds=`` for the base
+    (bootstrap_reasoner's built-in tiny one), ``models/reasoner_<variant>/ds=`` for the aligned
+    ones (sft, dpo, cl, calibrated)."""
+    return lake.partition("models", "reasoner" if variant == "base" else f"reasoner_{variant}", ds, key="ds")
 
 
 def resolve_reasoner(lake, ds, cfg: dict) -> str | None:

@@ -140,8 +140,12 @@ def load_model(path: str | Path):
 
 # ---- the job body shared by train_baseline and train_qe_rec ----------------------------------------
 
-def run_job(ctx, model_name: str, query_variant: str | None) -> dict:
-    """Train ``cfg.ranker.seeds`` seeds, save each (safetensors + config) and its test predictions."""
+def run_job(ctx, model_name: str, query_variant: str | None, out_name: str | None = None, init_from: str | None = None,
+            overrides: dict | None = None) -> dict:
+    """Train ``cfg.ranker.seeds`` seeds, save each (safetensors + config) and its test predictions
+    to ``models/<out_name or model_name>/ds=<ds>/``. ``init_from``: a models partition whose
+    ``seed=<k>/`` weights start seed k (fine-tuning, as the calibration loop does); ``overrides``
+    replace ranker settings (epochs, lr...) for this call."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +158,7 @@ def run_job(ctx, model_name: str, query_variant: str | None) -> dict:
     import torch
 
     cfg, lake = ctx.cfg, ctx.lake
-    rcfg = cfg["ranker"]
+    rcfg = {**cfg["ranker"], **(overrides or {})}
     torch.set_num_threads(int(rcfg.get("threads") or 1))
     w = ctx.windows()
     days = w["samples"]
@@ -164,11 +168,14 @@ def run_job(ctx, model_name: str, query_variant: str | None) -> dict:
     for p in inputs:
         lake.require(p, f"{ctx.stage} input")
     kb_path = lake.partition("validated", "kb_intents", ctx.ds)
-    fp = fingerprint({"model": model_name, "ranker": rcfg, "inputs": [lake.marker(p).get("fingerprint") for p in inputs],
+    if init_from:
+        lake.require(init_from, f"{ctx.stage} initial ranker")
+        inputs.append(init_from)
+    fp = fingerprint({"model": model_name, "query_variant": query_variant, "ranker": rcfg, "inputs": [lake.marker(p).get("fingerprint") for p in inputs],
                       "kb": lake.marker(kb_path).get("fingerprint")})
-    out = lake.partition("models", model_name, ctx.ds, key="ds")
+    out = lake.partition("models", out_name or model_name, ctx.ds, key="ds")
     if ctx.up_to_date([out], fp):
-        log.info("%s for %s is up to date; use --force to retrain", model_name, ctx.ds)
+        log.info("%s for %s is up to date; use --force to retrain", out_name or model_name, ctx.ds)
         return {"skipped": 1}
 
     kb = lake.read_partition(kb_path, "validated.kb_intents").to_pylist()
@@ -176,12 +183,16 @@ def run_job(ctx, model_name: str, query_variant: str | None) -> dict:
     tr, va, te = data.index(w["train"]), data.index(w["valid"]), data.index(w["test"])
     schema = schema_of(data)
     ctx.tracker.params({"sessions.train": len(tr), "sessions.valid": len(va), "sessions.test": len(te)})
-    for name, paths in (("features.samples", inputs[:len(days)]),) + ((("queries." + query_variant, inputs[len(days):]),) if query_variant else ()):
+    for name, paths in (("features.samples", inputs[:len(days)]),) + ((("queries." + query_variant, inputs[len(days):2 * len(days)]),) if query_variant else ()):
         ctx.tracker.dataset(lake, paths, name, context="training")
     results, histories, preds = {}, {}, []
     with lake.write_partition(out, {"fingerprint": fp}) as tmp:
         for seed in rcfg["seeds"]:
             model = build(model_name, schema, rcfg["model"], seed)
+            if init_from:
+                from safetensors.torch import load_file
+
+                model.load_state_dict(load_file(f"{init_from}/seed={seed}/model.safetensors"))
             model, hist = fit(model, data, tr, va, rcfg, seed,
                               log_metric=lambda row, ep, s=seed: ctx.tracker.metrics({f"seed{s}/{k}": v for k, v in row.items() if k != "epoch"}, step=ep))
             histories[seed] = hist
@@ -211,5 +222,7 @@ def run_job(ctx, model_name: str, query_variant: str | None) -> dict:
     ctx.tracker.dict({str(s): r for s, r in results.items()}, "test_metrics_by_seed.json")
     ctx.tracker.artifact(str(Path(out) / f"seed={rcfg['seeds'][0]}"), "model")
     sps = [h["samples_per_s"] for hist in histories.values() for h in hist]
+    # the best validation GAUC each seed reached (the epoch early stopping kept), averaged
+    summary["valid_gauc_mean"] = float(np.mean([max(h["valid_gauc"] for h in hist) for hist in histories.values()]))
     return {**summary, "samples_per_s": float(np.mean(sps)), "epochs_mean": float(np.mean([len(h) for h in histories.values()])),
             "test_sessions": len(te)}

@@ -8,14 +8,18 @@ from torch import nn
 from rgalign_core.models.layers import IntentTower, PositionBias, UserTower, mlp
 
 
+def query_projection(query_dim: int, cfg: dict) -> nn.Module:
+    """LLM hidden size -> ranking space. RG-CL trains a copy of it together with the reasoner."""
+    return nn.Sequential(nn.LayerNorm(query_dim), mlp([query_dim, cfg["hidden"], cfg["dim"]], cfg["dropout"]))
+
+
 class QERec(nn.Module):
     def __init__(self, schema: dict, cfg: dict):
         super().__init__()
         D = cfg["dim"]
         self.user = UserTower(schema["cardinalities"], schema["n_numeric"], cfg, field_tokens=True)
         self.intent = IntentTower(schema["n_intents"], schema["n_categories"], schema["n_words"], cfg)
-        # the query projection: LLM hidden size -> ranking space (RG-CL trains it with the reasoner)
-        self.query = nn.Sequential(nn.LayerNorm(schema["query_dim"]), mlp([schema["query_dim"], cfg["hidden"], D], cfg["dropout"]))
+        self.query = query_projection(schema["query_dim"], cfg)
         self.fuse = nn.MultiheadAttention(D, cfg["heads"], dropout=cfg["dropout"], batch_first=True)
         self.score = mlp([6 * D, cfg["hidden"], 1], cfg["dropout"])
         self.position = PositionBias()

@@ -1,0 +1,156 @@
+"""What the alignment stages (rg_sft, rg_dpo, rg_cl, calibrate) share: finding the reasoner version
+they start from, running the one DeepSpeed loop on their arrays into a new reasoner version in the
+lake, and measuring that version the way the ablation needs it: its queries re-encoded for every
+sample-window session (``queries/<variant>``) and a QE-Rec trained on them
+(``models/qe_rec_<variant>``), so ``evaluate`` can put it in the table.
+
+Reasoner versions: ``base`` (bootstrap_reasoner or a checkpoint) -> ``sft`` -> ``dpo`` -> ``cl``
+-> ``calibrated``; each under ``models/reasoner_<variant>/ds=<ds>/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from rgalign_core import stage
+from rgalign_core.config import PROJECT_ROOT
+
+log = logging.getLogger("rgalign.align")
+PREVIOUS = {"sft": "base", "dpo": "sft", "cl": "dpo", "calibrated": "cl"}
+MAKER = {"base": "bootstrap_reasoner", "sft": "rg_sft", "dpo": "rg_dpo", "cl": "rg_cl", "calibrated": "calibrate"}
+
+
+def reasoner_path(ctx: stage.Context, variant: str) -> str:
+    """The reasoner version ``variant`` for this date, or a StageError naming the stage to run."""
+    from rgalign_core.reasoner import reasoner_dir
+
+    if variant == "base":
+        from jobs.bootstrap_reasoner import require_reasoner
+
+        return require_reasoner(ctx)
+    path = reasoner_dir(ctx.lake, ctx.ds, variant)
+    if not ctx.lake.is_complete(path):
+        raise stage.StageError(f"no {variant} reasoner at {path}: run {MAKER[variant]} for {ctx.ds} first")
+    return path
+
+
+def qe_rec_name(variant: str) -> str:
+    return "qe_rec" if variant == "base" else f"qe_rec_{variant}"
+
+
+def qe_rec_path(ctx: stage.Context, variant: str, seed: int) -> str:
+    """``models/qe_rec[_<variant>]/ds=<ds>/seed=<seed>``, or a StageError naming the stage to run."""
+    root = ctx.lake.partition("models", qe_rec_name(variant), ctx.ds, key="ds")
+    if not ctx.lake.is_complete(root):
+        maker = "train_qe_rec" if variant == "base" else MAKER[variant]
+        raise stage.StageError(f"no QE-Rec for the {variant} queries at {root}: run {maker} for {ctx.ds} first")
+    path = f"{root}/seed={seed}"
+    if not Path(path, "model.safetensors").exists():
+        raise stage.StageError(f"{path}/model.safetensors is missing: seed {seed} is not in that run's ranker.seeds")
+    return path
+
+
+def train_reasoner(ctx: stage.Context, name: str, objective: str, arrays: dict, init_dir: str, out: str, fp: str,
+                   tcfg: dict, extra: dict | None = None) -> list[dict]:
+    """Train ``init_dir`` with ``objective`` on ``arrays`` under the deepspeed launcher and write the
+    result (weights, tokenizer, rgalign.json) atomically to ``out``. Checkpoints under
+    ``<lake>/checkpoints/<stage>/ds=<ds>/<fp>`` let an Airflow retry resume. Returns the history."""
+    from transformers import AutoTokenizer
+
+    from rgalign_core import ds_trainer
+    from rgalign_core.reasoner import model_version
+
+    lake = ctx.lake
+    ckpt = Path(lake.root) / "checkpoints" / ctx.stage / f"ds={ctx.ds_str}" / name / fp
+    resume = (ckpt / "latest").exists()
+    if resume:
+        log.info("resuming from the checkpoint in %s", ckpt)
+    work = Path(tempfile.mkdtemp(prefix=f"rgalign-{name}-"))
+    try:
+        np.savez(work / "data.npz", **arrays)
+        with lake.write_partition(out, {"fingerprint": fp, "parent_version": model_version(init_dir)}) as tmp:
+            spec = {
+                "name": name, "objective": objective, "model_dir": init_dir, "data": str(work / "data.npz"),
+                "ds_config": str(PROJECT_ROOT / tcfg["ds_config"]), "global_batch": int(tcfg["global_batch"]),
+                "train_steps": int(tcfg["steps"]), "lr": float(tcfg["lr"]), "warmup_steps": int(tcfg.get("warmup_steps", 0)),
+                "weight_decay": float(tcfg.get("weight_decay", 0.0)), "seed": int(tcfg.get("seed", 0)),
+                "log_every": int(tcfg.get("log_every", 10)), "save_every": int(tcfg.get("save_every", 0)),
+                "bucket_by": "length" if tcfg.get("bucket", True) else None,
+                "checkpoint_dir": str(ckpt), "resume": resume, "out_dir": tmp,
+                "peak_tflops_per_device": tcfg.get("peak_tflops_per_device"),
+                "mlflow_tracking_uri": ctx.cfg["mlflow"]["tracking_uri"], "mlflow_run_id": ctx.tracker.run_id, **(extra or {}),
+            }
+            history = ds_trainer.launch(spec, int(tcfg.get("nproc", 1)), work / "run")
+            AutoTokenizer.from_pretrained(init_dir, local_files_only=True).save_pretrained(tmp)
+            meta = {}
+            if Path(init_dir, "rgalign.json").exists():
+                meta = json.loads(Path(init_dir, "rgalign.json").read_text())
+            meta.update({"template": ctx.cfg["reasoner"]["template"], "ds": ctx.ds_str, "stage": ctx.stage,
+                         "parent": init_dir, "parent_version": model_version(init_dir)})
+            Path(tmp, "rgalign.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(ckpt.parent, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ctx.tracker.text("\n".join(json.dumps(h) for h in history), f"{name}_history.jsonl")
+    return history
+
+
+def plot_history(ctx: stage.Context, history: list[dict], keys: list[str], name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in h for h in history)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        ax.plot([h["step"] for h in history if k in h], [h[k] for h in history if k in h], marker=".")
+        ax.set(title=k, xlabel="step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{ctx.stage}: {name}")
+    fig.tight_layout()
+    ctx.tracker.figure(fig, f"{name}_curves.png")
+    plt.close(fig)
+
+
+def compare_generations(ctx: stage.Context, before: str, after: str, n: int = 12) -> None:
+    """The same held-out prompts (first validation day), answered by the old and the new reasoner."""
+    from rgalign_core.reasoner import Reasoner
+
+    day = ctx.windows()["valid"][0]
+    rows = ctx.lake.read_partition(ctx.lake.partition("features", "sessions", day), "features.sessions",
+                                   columns=["prompt"]).slice(0, n).to_pylist()
+    prompts = [r["prompt"] for r in rows]
+    tmpl, m = ctx.cfg["reasoner"]["template"], int(ctx.cfg["reasoner"]["max_new_tokens"])
+    old = Reasoner.load(before, template=tmpl).generate(prompts, max_new_tokens=m)
+    new = Reasoner.load(after, template=tmpl).generate(prompts, max_new_tokens=m)
+    ctx.tracker.text("\n\n".join(f"PROMPT: {p}\nBEFORE: {a}\nAFTER:  {b}" for p, a, b in zip(prompts, old, new)),
+                     "generations_before_after.txt")
+
+
+def measure(ctx: stage.Context, variant: str, reasoner: str) -> dict:
+    """Re-encode every sample-window session with ``reasoner`` into ``queries/<variant>`` and train
+    QE-Rec on them (``models/qe_rec_<variant>``, every seed of ranker.seeds): the ablation's row."""
+    from jobs.encode_queries import encode
+    from rgalign_core.train_ranker import run_job
+
+    enc = encode(ctx, reasoner, variant, metric_prefix="encode/")
+    ranker = run_job(ctx, "qe_rec", variant, out_name=qe_rec_name(variant))
+    return {**enc, **{f"qe_rec/{k}": v for k, v in ranker.items()}}
+
+
+def read_rewards(ctx: stage.Context, table: str, columns: list[str] | None = None):
+    """``rewards/<table>`` over the training window (all days must exist), as one pandas frame."""
+    import pandas as pd
+
+    lake = ctx.lake
+    paths = [lake.partition("rewards", table, d) for d in ctx.windows()["train"]]
+    for p in paths:
+        lake.require(p, f"{ctx.stage} input rewards.{table} (run reward_select)")
+    frame = pd.concat([lake.read_partition(p, f"rewards.{table}", columns).to_pandas() for p in paths], ignore_index=True)
+    return frame, [lake.marker(p).get("fingerprint") for p in paths], paths

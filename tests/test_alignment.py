@@ -1,0 +1,198 @@
+"""The alignment losses on tiny fixtures: golden first-step values, every trainable parameter moves,
+frozen ones (the DPO reference, the QE-Rec intent tower) do not; and the arrays they read."""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rgalign_core import alignment, train_ranker
+from rgalign_core.reasoner import build_tiny, train_tokenizer
+from tests.test_rankers import TINY, tiny_data
+
+ARCH = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=8, max_position_embeddings=256)
+TEMPLATE = "Customer state: {prompt}\nQuestion the customer wants to ask:"
+PROMPTS = ["order delayed 3 days, searched where is my parcel", "payment failed twice today", "voucher expires tomorrow",
+           "item arrived broken, messaged seller", "refund pending for 5 days", "new device login yesterday",
+           "app crashed at checkout", "parcel delivered but not received"]
+BEST = ["Where is my parcel?", "Why did my payment fail?", "How do I use my voucher?", "My item arrived damaged",
+        "When will I get my refund?", "I don't recognise this login", "The app keeps crashing", "I did not receive my parcel"]
+WORST = BEST[1:] + BEST[:1]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(PROMPTS + BEST + [TEMPLATE] * 3, 400)
+
+
+def model_of(tok, seed=0):
+    m = build_tiny(tok, ARCH, seed=seed)
+    m.config.use_cache = False
+    return m
+
+
+def batch_of(arrays: dict) -> dict:
+    return {k: (torch.from_numpy(v).long() if v.dtype.kind in "iu" else torch.from_numpy(v)) for k, v in arrays.items()}
+
+
+def steps(model, loss_of, n=3, lr=1e-2):
+    """n AdamW steps of loss_of(model); returns the losses."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(n):
+        loss = loss_of(model)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def moved(model, before: dict) -> list[str]:
+    return [k for k, v in model.named_parameters() if not torch.equal(v, before[k])]
+
+
+# ---- arrays --------------------------------------------------------------------------------------
+
+def test_sft_arrays_label_only_the_query_and_its_eos(tok):
+    a = alignment.sft_arrays(tok, TEMPLATE, PROMPTS, BEST, max_len=64)
+    for i, q in enumerate(BEST):
+        n = int(a["length"][i])
+        labelled = a["labels"][i][a["labels"][i] != alignment.IGNORE]
+        assert tok.decode(labelled) == f" {q}{tok.eos_token}"
+        assert a["attention_mask"][i, :n].all() and not a["attention_mask"][i, n:].any()
+        np.testing.assert_array_equal(a["input_ids"][i, n - len(labelled):n], labelled)
+
+
+def test_long_prompts_are_cut_from_the_left(tok):
+    long = " ".join(PROMPTS * 6)
+    a = alignment.sft_arrays(tok, TEMPLATE, [long], ["Where is my parcel?"], max_len=40)
+    assert int(a["length"][0]) == 40
+    assert tok.decode(a["input_ids"][0][:40]).endswith(" Where is my parcel?" + tok.eos_token)
+
+
+# ---- RG-SFT --------------------------------------------------------------------------------------
+
+def test_sft_golden_loss_and_every_parameter_moves(tok):
+    model = model_of(tok)
+    b = batch_of(alignment.sft_arrays(tok, TEMPLATE, PROMPTS, BEST, max_len=64))
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    torch.manual_seed(0)
+    losses = steps(model, lambda m: alignment.sft_loss(m, b)[0])
+    assert losses[0] == pytest.approx(GOLDEN["sft"], abs=1e-4)
+    assert losses[-1] < losses[0]
+    assert moved(model, before) == [k for k, _ in model.named_parameters()]
+
+
+def test_sft_loss_ignores_prompt_tokens(tok):
+    """Changing only the prompt's labels cannot change the loss: they are -100."""
+    model = model_of(tok)
+    a = alignment.sft_arrays(tok, TEMPLATE, PROMPTS, BEST, max_len=64)
+    b = batch_of(a)
+    full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)).loss
+    assert float(alignment.sft_loss(model, b)[0]) != pytest.approx(float(full), abs=1e-3)
+
+
+# ---- DPO -----------------------------------------------------------------------------------------
+
+def test_dpo_starts_at_log2_moves_the_policy_and_not_the_reference(tok):
+    policy = model_of(tok)
+    ref = copy.deepcopy(policy).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    ref_before = {k: v.clone() for k, v in ref.named_parameters()}
+    before = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    b = batch_of(alignment.dpo_arrays(tok, TEMPLATE, PROMPTS, BEST, WORST, max_len=64))
+    metrics = []
+
+    def loss_of(m):
+        loss, _, mt = alignment.dpo_loss(m, ref, b, beta=0.5)
+        metrics.append(mt)
+        return loss
+
+    losses = steps(policy, loss_of, n=4, lr=3e-3)
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at step 0
+    assert losses[1] == pytest.approx(GOLDEN["dpo_step2"], abs=1e-4)
+    assert losses[-1] < losses[0]
+    assert metrics[-1]["rewards/accuracies"] > 0.5 and metrics[-1]["rewards/margins"] > 0
+    assert moved(policy, before) == [k for k, _ in policy.named_parameters()]
+    assert moved(ref, ref_before) == []
+
+
+# ---- RG-CL ---------------------------------------------------------------------------------------
+
+def test_info_nce_matches_a_hand_computation_and_masks_false_negatives():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pos = torch.tensor([[1.0, 1.0], [0.0, 2.0]])
+    negs = torch.tensor([[[0.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [3.0, 3.0]]])
+    neg_mask = torch.tensor([[True, False], [True, True]])
+    pos_id, neg_id = torch.tensor([5, 7]), torch.tensor([[6, 8], [9, 7]])  # row 1's second negative is its own positive
+    loss, m = alignment.info_nce(q, pos, negs, neg_mask, pos_id, neg_id, tau=0.5)
+    c = 1 / math.sqrt(2)
+    # row 0: positive cos c; session negative (0,1): 0; in-batch (row 1's positive (0,1)): 0
+    row0 = -math.log(math.exp(c / 0.5) / (math.exp(c / 0.5) + 2 * math.exp(0)))
+    # row 1: positive 1; session negative (1,0): 0 (the other one is masked); in-batch (1,1)/√2: c
+    row1 = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(0) + math.exp(c / 0.5)))
+    assert float(loss) == pytest.approx((row0 + row1) / 2, abs=1e-6)
+    assert m["pair_accuracy"] == pytest.approx(1.0)
+    assert m["alignment_gap"] == pytest.approx((c + 1) / 2 - 0.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def qe_rec_dir(tmp_path_factory):
+    data = tiny_data(n=len(PROMPTS) * 4, qdim=ARCH["hidden_size"])
+    model = train_ranker.build("qe_rec", train_ranker.schema_of(data), TINY, seed=0)
+    path = tmp_path_factory.mktemp("qe") / "seed=0"
+    train_ranker.save(model, path, "qe_rec", train_ranker.schema_of(data), TINY, data.vocab, {"seed": 0})
+    return path, data
+
+
+def test_rg_cl_trains_reasoner_and_projection_only_and_leaves_the_intent_tower(tok, qe_rec_dir, tmp_path):
+    path, data = qe_rec_dir
+    model_of(tok).save_pretrained(tmp_path / "reasoner")
+    tok.save_pretrained(tmp_path / "reasoner")
+    qe, _, _ = train_ranker.load_model(path)
+    tower_before = {k: v.clone() for k, v in qe.intent.named_parameters()}
+    targets = alignment.intent_targets(qe, data, np.arange(data.n))
+    rows = targets.pop("rows")
+    n = len(rows)
+    assert n == int((data.tensors["clicked"].numpy().sum(1) > 0).sum())  # sessions without a click are skipped
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+    text = alignment.sft_arrays(tok, TEMPLATE, prompts, [BEST[i % len(BEST)] for i in range(n)], max_len=64, eos=False)
+    b = batch_of({**text, **targets})
+    aligner = alignment.load_query_aligner(str(tmp_path / "reasoner"), str(path))
+    before = {k: v.detach().clone() for k, v in aligner.named_parameters()}
+    torch.manual_seed(0)
+    losses = steps(aligner, lambda m: alignment.rg_cl_loss(m, b, tau=0.1, lm_weight=1.0)[0], n=3, lr=3e-3)
+    assert losses[0] == pytest.approx(GOLDEN["rg_cl"], abs=1e-4)
+    assert losses[-1] < losses[0]
+    assert moved(aligner, before) == [k for k, _ in aligner.named_parameters()]
+    assert all(not p.requires_grad for p in qe.intent.parameters())
+    assert all(torch.equal(v, tower_before[k]) for k, v in qe.intent.named_parameters())
+    # the projection starts as QE-Rec's own query tower
+    qe_query = dict(qe.query.named_parameters())
+    assert all(torch.equal(before[f"projection.{k}"], v) for k, v in qe_query.items())
+
+
+def test_rg_cl_pooling_matches_the_encoder(tok, qe_rec_dir, tmp_path):
+    """RG-CL trains on exactly the vector encode_queries caches: last-token pooling of prompt + query."""
+    from rgalign_core.reasoner import Reasoner
+
+    path, _ = qe_rec_dir
+    model_of(tok).save_pretrained(tmp_path / "r")
+    tok.save_pretrained(tmp_path / "r")
+    aligner = alignment.load_query_aligner(str(tmp_path / "r"), str(path)).eval()
+    reasoner = Reasoner.load(tmp_path / "r", template=TEMPLATE)
+    cached = reasoner.embed(PROMPTS, BEST)
+    a = batch_of(alignment.sft_arrays(tok, TEMPLATE, PROMPTS, BEST, max_len=64, eos=False))
+    with torch.no_grad():
+        q, _ = aligner(a["input_ids"], a["attention_mask"])
+        expected = aligner.projection(torch.from_numpy(cached))
+    np.testing.assert_allclose(q.numpy(), expected.numpy(), atol=1e-4)
+
+
+GOLDEN = {"sft": 5.9935, "dpo_step2": 0.5418, "rg_cl": 10.1336}
