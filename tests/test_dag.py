@@ -12,7 +12,9 @@ from conftest import PROJECT_ROOT
 
 DS = "2026-11-21"
 # Keep the reasoner's training short in tests; the default trains for train.steps in its config.
-FAST = ["train.steps=20", "train.log_every=5", "ranker.seeds=[0, 1]", "ranker.epochs=2"]
+FAST = ["train.steps=20", "train.log_every=5", "ranker.seeds=[0, 1]", "ranker.epochs=2",
+        "rg_sft.train.steps=8", "rg_dpo.train.steps=8", "rg_cl.train.steps=8", "calibrate.cl_steps=4",
+        "calibrate.finetune_epochs=1", "rg_sft.train.log_every=2", "rg_dpo.train.log_every=2", "rg_cl.train.log_every=2"]
 HEAVY = ("torch", "pyspark", "deepspeed", "transformers", "mlflow", "pandas", "pyarrow", "sklearn")
 
 
@@ -38,20 +40,23 @@ print(json.dumps({{
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["errors"] == {}
     assert info["heavy"] == []
-    assert info["tasks"] == ["bootstrap_reasoner", "choose_source", "encode_queries", "evaluate", "extract_features",
-                             "reward_select", "simulate_logs", "teachers_generate", "train_baseline", "train_qe_rec",
-                             "validate_raw"]
+    assert info["tasks"] == ["bootstrap_reasoner", "calibrate", "choose_source", "encode_queries", "evaluate",
+                             "extract_features", "reward_select", "rg_cl", "rg_dpo", "rg_sft", "simulate_logs",
+                             "teachers_generate", "train_baseline", "train_qe_rec", "validate_raw"]
     assert info["edges"] == [["bootstrap_reasoner", "encode_queries"], ["bootstrap_reasoner", "teachers_generate"],
+                             ["calibrate", "evaluate"],
                              ["choose_source", "simulate_logs"], ["choose_source", "validate_raw"],
                              ["encode_queries", "train_qe_rec"],
                              ["extract_features", "bootstrap_reasoner"], ["extract_features", "train_baseline"],
+                             ["reward_select", "rg_sft"], ["rg_cl", "calibrate"], ["rg_dpo", "rg_cl"], ["rg_sft", "rg_dpo"],
                              ["simulate_logs", "validate_raw"], ["teachers_generate", "reward_select"],
-                             ["train_baseline", "evaluate"], ["train_qe_rec", "evaluate"], ["train_qe_rec", "reward_select"],
+                             ["train_baseline", "evaluate"], ["train_qe_rec", "reward_select"],
                              ["validate_raw", "extract_features"]]
     assert info["params"] == ["force", "lake_root", "overrides", "scale", "seed", "source"]
     assert all(r >= 2 for r in info["retries"].values())
     assert {t for t, p in info["pools"].items() if p == "rgalign_heavy"} == {
-        "extract_features", "bootstrap_reasoner", "encode_queries", "train_baseline", "train_qe_rec", "reward_select"}
+        "extract_features", "bootstrap_reasoner", "encode_queries", "train_baseline", "train_qe_rec", "reward_select",
+        "rg_sft", "rg_dpo", "rg_cl", "calibrate"}
     assert "rgalign" in info["tags"] and info["catchup"] is False and info["doc"]
 
 
@@ -92,7 +97,7 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
     children = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert set(children) == {"simulate_logs", "validate_raw", "extract_features", "bootstrap_reasoner",
                              "teachers_generate", "encode_queries", "train_baseline", "train_qe_rec", "reward_select",
-                             "evaluate"}
+                             "rg_sft", "rg_dpo", "rg_cl", "calibrate", "evaluate"}
     assert all(r.info.status == "FINISHED" for r in children.values())
     extract = children["extract_features"]
     assert extract.data.metrics["samples"] == report["samples"]
@@ -110,7 +115,32 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
     import mlflow
 
     parent_artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parents[0].info.run_id, "evaluation")}
-    assert {"evaluation/ablation.md", "evaluation/gauc_by_slice.png", "evaluation/calibration_curves.png"} <= parent_artifacts
+    assert {"evaluation/ablation.md", "evaluation/ablation.png", "evaluation/gauc_by_slice.png",
+            "evaluation/calibration_curves.png"} <= parent_artifacts
+    # the alignment stages: each a new reasoner version, its queries, a QE-Rec on them, and its logs
+    for variant in ("sft", "dpo", "cl"):
+        assert (lake / "models" / f"reasoner_{variant}" / f"ds={DS}" / "model.safetensors").exists()
+        assert len(_complete(lake, "queries", variant)) == 20
+        assert (lake / "models" / f"qe_rec_{variant}" / f"ds={DS}" / "test_predictions.parquet").exists()
+    assert (lake / "models" / "reasoner_cl" / f"ds={DS}" / "query_projection.safetensors").exists()
+    assert "rg_sft/loss" in children["rg_sft"].data.metrics
+    dpo = children["rg_dpo"].data.metrics
+    assert dpo["first_loss"] == pytest.approx(0.6931, abs=1e-3)  # the policy starts as its reference
+    assert {"rg_dpo/rewards/accuracies", "rg_dpo/rewards/margins"} <= set(dpo)
+    cl = children["rg_cl"].data.metrics
+    assert {"valid_before/alignment_gap", "valid_after/alignment_gap", "rg_cl/pair_accuracy"} <= set(cl)
+    cal = children["calibrate"].data.metrics
+    assert {"loop/valid_gauc", "test_ece_before", "test_ece_after", "kept_round"} <= set(cal)
+    assert (lake / "models" / "qe_rec_calibrated" / f"ds={DS}" / "calibration.json").exists()
+    ablation = mlflow.MlflowClient().download_artifacts(parents[0].info.run_id, "evaluation/ablation.md")
+    text = Path(ablation).read_text()
+    assert all(v in text for v in ("+ RG-SFT", "+ DPO", "+ RG-CL", "+ calibration loop", "oracle"))
+
+
+def _weights(root: Path) -> dict[str, str]:
+    from rgalign_core.reasoner import model_version
+
+    return {p.name: model_version(p) for p in sorted(root.glob("ds=*"))}
 
 
 def _markers(lake: Path, area: str, table: str, key: str = "dt") -> dict[str, str]:
@@ -122,6 +152,10 @@ def _markers(lake: Path, area: str, table: str, key: str = "dt") -> dict[str, st
     ("teachers_generate", "teachers", "candidates", "dt"),
     ("encode_queries", "queries", "base", "dt"),
     ("bootstrap_reasoner", "models", "reasoner", "ds"),
+    ("rg_sft", "models", "reasoner_sft", "ds"),
+    ("rg_dpo", "models", "reasoner_dpo", "ds"),
+    ("rg_cl", "models", "reasoner_cl", "ds"),
+    ("calibrate", "models", "qe_rec_calibrated", "ds"),
 ])
 def test_tasks_test_reruns_one_stage_alone(dag_run, task, area, table, key):
     """`airflow tasks test` has no upstream XComs: the task finds its inputs from the date."""
@@ -132,6 +166,7 @@ def test_tasks_test_reruns_one_stage_alone(dag_run, task, area, table, key):
     lake = env["work"] / "lake"
     before = _markers(lake, area, table, key)
     assert before
+    before_weights = _weights(lake / area / table) if area == "models" and table.startswith("reasoner") else None
     shutil.rmtree(lake / area / table)
     out = subprocess.run([env["airflow"], "tasks", "test", "rgalign_nightly", task, DS,
                           "--task-params", json.dumps({"overrides": FAST})],
@@ -139,6 +174,8 @@ def test_tasks_test_reruns_one_stage_alone(dag_run, task, area, table, key):
     # `tasks test` exits 0 even when the task fails: check the outputs, not the exit code.
     after = _markers(lake, area, table, key)
     assert after == before, out.stdout[-3000:] + out.stderr[-3000:]
+    if area == "models" and table.startswith("reasoner"):  # the same weights, not only the same inputs
+        assert _weights(lake / area / table) == before_weights
 
 
 def test_lake_source_skips_the_simulator(dag_run, tmp_path):
