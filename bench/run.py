@@ -3,6 +3,9 @@
 reasoner: bootstrap tokens/s on 1 and 2 DeepSpeed processes, encode sequences/s with
 length-sorted batches vs naive fixed-length padding on the same sessions, generation tokens/s.
 
+alignment: RG-SFT tokens/s with length-bucketed batches vs random batches (cut to their longest
+row, or padded to the longest example).
+
 rankers: training samples/s of our index-sliced loop vs a plain DataLoader on the same model
 and data; GAUC's time on 10M rows, and vs a per-user scikit-learn loop on a subset.
 
@@ -245,6 +248,53 @@ def reasoner_bench(nprocs=(1, 2), steps: int = 60, n_sessions: int = 512) -> dic
     }
 
 
+def alignment_bench(steps: int = 40, global_batch: int = 32) -> dict:
+    """RG-SFT tokens/s on the same examples three ways: length-bucketed batches cut to their longest
+    row (ours), random batches cut to their longest row, random batches padded to the longest
+    example (naive). Examples: real prompts of a tiny simulated lake + the rules teacher's queries
+    (the same shape as rewards/best); model: the tiny reasoner architecture, untrained."""
+    from jobs.teachers_generate import kb_reader, read_sessions
+    from rgalign_core import alignment, config, ds_trainer, teachers
+    from rgalign_core.lake import Lake
+    from rgalign_core.reasoner import build_tiny, train_tokenizer
+
+    lake = WORK / "alignment" / "lake"
+    shutil.rmtree(WORK / "alignment", ignore_errors=True)
+    for stage in ("simulate_logs", "validate_raw", "extract_features"):
+        print(f"[alignment] {stage}", flush=True)
+        _stage(stage, lake, {"sim.scale": "tiny"})
+    lk = Lake(str(lake))
+    days = [dt.date.fromisoformat(p.name[3:]) for p in sorted((lake / "features" / "sessions").glob("dt=*"))]
+    rows = [r for day_rows in read_sessions(lk, days).values() for r in day_rows]
+    cfg = config.load("rg_sft")
+    rules = teachers.build("builtin:rules", cfg, kb=kb_reader(lk), seed=0)
+    queries = [q[0] if q else "" for q in rules.generate(rows, 1)]
+    template = cfg["reasoner"]["template"]
+    tok = train_tokenizer([r["prompt"] for r in rows] + queries, 4096)
+    arch = {k: v for k, v in cfg["reasoner"]["tiny"].items() if k != "vocab_size"}
+    init = WORK / "alignment" / "init"
+    build_tiny(tok, arch, seed=0).save_pretrained(init)
+    tok.save_pretrained(init)
+    arrays = alignment.sft_arrays(tok, template, [r["prompt"] for r in rows], queries, int(cfg["rg_sft"]["max_len"]))
+    np.savez(WORK / "alignment" / "sft.npz", **arrays)
+    base = {"objective": "sft", "model_dir": str(init), "data": str(WORK / "alignment" / "sft.npz"),
+            "ds_config": str(ROOT / "conf/deepspeed/zero0.json"), "global_batch": global_batch, "train_steps": steps,
+            "lr": 5e-4, "warmup_steps": 0, "seed": 0, "log_every": 5}
+    ways = {"bucketed": {"bucket_by": "length"}, "random_trimmed": {}, "naive_padded": {"trim_batches": False}}
+    out = {"examples": len(queries), "steps": steps, "global_batch": global_batch,
+           "mean_tokens": float(arrays["length"].mean()), "max_tokens": int(arrays["length"].max())}
+    for name, extra in ways.items():
+        print(f"[alignment] RG-SFT, {name}", flush=True)
+        t0 = time.time()
+        hist = ds_trainer.launch({**base, "name": name, **extra}, 1, WORK / "alignment" / name)
+        tps = [h["tokens_per_s"] for h in hist[1:]]  # the first interval includes start-up
+        out[name] = {"tokens_per_s": float(np.mean(tps)), "wall_s": time.time() - t0, "final_loss": hist[-1]["loss"]}
+    out["bucketed_over_naive"] = out["bucketed"]["tokens_per_s"] / out["naive_padded"]["tokens_per_s"]
+    out["bucketed_over_random_trimmed"] = out["bucketed"]["tokens_per_s"] / out["random_trimmed"]["tokens_per_s"]
+    shutil.rmtree(WORK / "alignment", ignore_errors=True)
+    return out
+
+
 def rankers_bench(n_sessions: int = 20000, gauc_rows: int = 10_000_000) -> dict:
     """Ranker training throughput, our index-sliced loop vs a plain PyTorch DataLoader over a
     per-session Dataset (same model, data, batch size, one thread); GAUC's time on 10M rows vs a
@@ -372,6 +422,20 @@ def write_benchmarks_md() -> None:
                 f"**{x['encode_speedup']:.2f}×**; both give the same vectors (min cosine {x['encode_min_cosine_sorted_vs_naive']:.6f}).\n"
                 f"\n**Generation** (greedy, ≤ 24 new tokens, batch 64, length-sorted): {x['generate_seq_per_s']:,.1f} seq/s, "
                 f"{x['generate_tokens_per_s']:,.0f} new tokens/s.\n")
+        if r["name"] == "alignment":
+            x = r["alignment"]
+            parts.append(
+                f"\n### RG-SFT batching\n\nThe shared DeepSpeed loop (1 CPU process, ZeRO-0) on {x['examples']:,} prompt → query "
+                f"examples (real simulated prompts, rules-teacher queries; mean {x['mean_tokens']:.0f}, max {x['max_tokens']} "
+                f"tokens), {x['steps']} steps of {x['global_batch']} examples, the tiny reasoner architecture. Tokens/s counts "
+                "real (non-pad) tokens, so the three ways are directly comparable:\n\n"
+                "| batching | tokens/s | job wall s |\n|---|---:|---:|\n")
+            for name, label in (("bucketed", "length-bucketed, cut to the longest row (ours)"),
+                                ("random_trimmed", "random, cut to the longest row"),
+                                ("naive_padded", "random, padded to the longest example")):
+                parts.append(f"| {label} | {x[name]['tokens_per_s']:,.0f} | {x[name]['wall_s']:.0f} |\n")
+            parts.append(f"\nBucketed / naive: **{x['bucketed_over_naive']:.2f}×**; bucketed / random-trimmed: "
+                         f"**{x['bucketed_over_random_trimmed']:.2f}×**.\n")
         if r["name"] == "rankers":
             x = r["rankers"]
             parts.append(
@@ -393,7 +457,7 @@ def main(argv=None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scales", default="small,medium,large", help="simulator scales for the extraction benchmark")
     p.add_argument("--only-md", action="store_true", help="only regenerate BENCHMARKS.md from bench/results")
-    p.add_argument("--only", choices=["foundation", "reasoner", "rankers", "dag"], help="run one benchmark (default: all)")
+    p.add_argument("--only", choices=["foundation", "reasoner", "rankers", "alignment", "dag"], help="run one benchmark (default: all)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -414,6 +478,10 @@ def main(argv=None) -> None:
             result = {"name": "dag", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                       "machine": machine(), "dag": dag_wall_time()}
             (RESULTS / "dag.json").write_text(json.dumps(result, indent=2, default=str))
+        if args.only in (None, "alignment"):
+            result = {"name": "alignment", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                      "machine": machine(), "alignment": alignment_bench()}
+            (RESULTS / "alignment.json").write_text(json.dumps(result, indent=2, default=str))
         if args.only in (None, "rankers"):
             result = {"name": "rankers", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                       "machine": machine(), "rankers": rankers_bench()}

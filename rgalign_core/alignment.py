@@ -41,9 +41,11 @@ def sequence_logps(model, input_ids, attention_mask, labels):
     return (logp * keep).sum(-1)
 
 
-def sft_loss(model, b):
-    """Mean next-token loss over the query tokens of the batch; (loss, tokens processed)."""
-    b = trim(b, "attention_mask", ["input_ids", "attention_mask", "labels"])
+def sft_loss(model, b, trim_padding: bool = True):
+    """Mean next-token loss over the query tokens of the batch; (loss, tokens processed).
+    ``trim_padding=False`` keeps every row at the array's full width (the naive way; benchmarks)."""
+    if trim_padding:
+        b = trim(b, "attention_mask", ["input_ids", "attention_mask", "labels"])
     out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
     return out.loss, int(b["attention_mask"].sum())
 

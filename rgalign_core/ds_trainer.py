@@ -80,7 +80,7 @@ def causal_lm_loss(model, batch, aux):
 def sft_objective(model, batch, aux):
     from rgalign_core.alignment import sft_loss
 
-    loss, n = sft_loss(model, batch)
+    loss, n = sft_loss(model, batch, trim_padding=aux.get("trim", True))
     return loss, n, {}
 
 
@@ -124,6 +124,8 @@ def build_aux(spec: dict) -> dict:
         for p in ref.parameters():
             p.requires_grad_(False)
         return {"ref": ref, "beta": spec.get("beta", 0.1)}
+    if spec.get("objective") == "sft":
+        return {"trim": spec.get("trim_batches", True)}
     if spec.get("objective") == "rg_cl":
         return {"tau": spec.get("tau", 0.1), "lm_weight": spec.get("lm_weight", 0.0)}
     return {}
