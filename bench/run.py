@@ -200,6 +200,7 @@ def dag_wall_time(scale: str = "small") -> dict:
 def reasoner_bench(nprocs=(1, 2), steps: int = 60, n_sessions: int = 512) -> dict:
     """Bootstrap tokens/s by process count; encode with length-sorted batches vs naive fixed padding;
     generation tokens/s. On a small simulated lake built here."""
+    from rgalign_core import config
     from rgalign_core.lake import Lake
     from rgalign_core.reasoner import Reasoner
 
@@ -239,6 +240,7 @@ def reasoner_bench(nprocs=(1, 2), steps: int = 60, n_sessions: int = 512) -> dic
     shutil.rmtree(WORK / "reasoner", ignore_errors=True)
     return {
         "bootstrap": {str(k): v for k, v in boot.items()}, "bootstrap_steps": steps,
+        "bootstrap_rows": config.load("bootstrap_reasoner")["train"].get("rows", "packed"),
         "parameters": sum(p.numel() for p in reasoner.model.parameters()),
         "encode_sessions": len(texts), "encode_longest_tokens": longest,
         "encode_sorted_seq_per_s": timings["sorted"]["seq_per_s"], "encode_naive_seq_per_s": timings["naive_fixed"]["seq_per_s"],
@@ -407,7 +409,8 @@ def write_benchmarks_md() -> None:
             b = x["bootstrap"]
             parts.append(
                 f"\n### Reasoner (built-in tiny Qwen3, {x['parameters']:,} parameters)\n\n"
-                f"**Bootstrap** (`bootstrap_reasoner`, DeepSpeed ZeRO-0 on CPU/gloo, {x['bootstrap_steps']} steps of 32 × 128 tokens), "
+                f"**Bootstrap** (`bootstrap_reasoner`, DeepSpeed ZeRO-0 on CPU/gloo, {x['bootstrap_steps']} steps of "
+                f"{'32 documents, one per row, length-bucketed' if x.get('bootstrap_rows') == 'document' else '32 packed blocks of 128 tokens'}), "
                 "tokens/s as logged by rank 0:\n\n| processes | tokens/s | job wall s | final loss |\n|---:|---:|---:|---:|\n")
             for n, v in b.items():
                 parts.append(f"| {n} | {v['tokens_per_s']:,.0f} | {v['wall_s']:.0f} | {v['final_loss']:.3f} |\n")

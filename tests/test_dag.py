@@ -76,7 +76,7 @@ def dag_run(airflow_env):
     """One `airflow dags test` of the whole DAG at tiny scale, shared by the tests below."""
     proc = subprocess.run(
         [airflow_env["airflow"], "dags", "test", "rgalign_nightly", DS, "--conf", json.dumps({"scale": "tiny", "overrides": FAST})],
-        env=airflow_env["env"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=900,
+        env=airflow_env["env"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=1800,
     )
     return proc, airflow_env
 
@@ -187,7 +187,7 @@ def test_lake_source_skips_the_simulator(dag_run, tmp_path):
     out = subprocess.run(
         [env["airflow"], "dags", "test", "rgalign_nightly", DS,
          "--conf", json.dumps({"source": "lake", "lake_root": str(new_lake), "overrides": FAST})],
-        env=run_env, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=900,
+        env=run_env, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=1800,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert not (new_lake / "raw").exists()  # nothing simulated into the new lake
