@@ -154,7 +154,9 @@ def run(ctx: stage.Context) -> dict:
         ctx.tracker.text("\n\n".join(f"PROMPT: {r['prompt']}\nQUERY:  {q}" for r, q in zip(rows, queries)), "sample_generations.txt")
         ctx.tracker.artifact(out, "reasoner")
         ctx.tracker.text("\n".join(json.dumps(h) for h in history), "train_history.jsonl")
-        _plot_loss(ctx, history)
+        from rgalign_core.align_stage import plot_history
+
+        plot_history(ctx, history, ["loss", "tokens_per_s"], "bootstrap")
         shutil.rmtree(ckpt.parent, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -162,23 +164,6 @@ def run(ctx: stage.Context) -> dict:
     return {"final_loss": last["loss"], "first_loss": history[0]["loss"], "tokens_per_s": float(np.mean([h["tokens_per_s"] for h in history[1:]] or [last["tokens_per_s"]])),
             "corpus_tokens": n_tokens, "corpus_documents": len(docs), "corpus_sessions": n_sessions, "parameters": n_params, "steps": int(tcfg["steps"]),
             "nproc": int(tcfg["nproc"]), "reasoner_version": version, **counts}
-
-
-def _plot_loss(ctx: stage.Context, history: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".")
-    ax.set_xlabel("step")
-    ax.set_ylabel("causal-LM loss")
-    ax.set_title("bootstrap_reasoner: training loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    ctx.tracker.figure(fig, "loss_curve.png")
-    plt.close(fig)
 
 
 def main(argv=None):

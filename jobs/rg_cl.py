@@ -33,9 +33,8 @@ def contrastive_arrays(ctx: stage.Context, reasoner: str, qe_path: str, query_va
     """RG-CL rows for the clicked sessions of ``days``: token ids of prompt + latent query and the
     frozen QE-Rec intent vectors (positive, session negatives)."""
     import pandas as pd
-    from transformers import AutoTokenizer
 
-    from rgalign_core import alignment, ranking_data
+    from rgalign_core import align_stage, alignment, ranking_data
     from rgalign_core.train_ranker import load_model
 
     lake, cfg = ctx.lake, ctx.cfg
@@ -53,9 +52,7 @@ def contrastive_arrays(ctx: stage.Context, reasoner: str, qe_path: str, query_va
     if text.latent_query.isna().any():
         raise stage.StageError(f"{int(text.latent_query.isna().sum())} clicked sessions have no query in queries/{query_variant}: "
                                f"rerun the stage that encodes it")
-    tok = AutoTokenizer.from_pretrained(reasoner, local_files_only=True)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    tok = align_stage.tokenizer(reasoner)
     arrays = alignment.sft_arrays(tok, cfg["reasoner"]["template"], text.prompt.tolist(), text.latent_query.tolist(),
                                   int(cfg["rg_cl"]["max_len"]), eos=False)
     return {**arrays, **t}

@@ -25,7 +25,6 @@ VERSION = 1
 
 def run(ctx: stage.Context) -> dict:
     import numpy as np
-    from transformers import AutoTokenizer
 
     from rgalign_core import align_stage, alignment
     from rgalign_core.reasoner import model_version, reasoner_dir
@@ -48,9 +47,7 @@ def run(ctx: stage.Context) -> dict:
     if ctx.up_to_date([out], fp):
         log.info("the dpo reasoner for %s is up to date; use --force to retrain", ctx.ds)
     else:
-        tok = AutoTokenizer.from_pretrained(parent, local_files_only=True)
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
+        tok = align_stage.tokenizer(parent)
         arrays = alignment.dpo_arrays(tok, cfg["reasoner"]["template"], pairs.prompt.tolist(), pairs.chosen.tolist(),
                                       pairs.rejected.tolist(), int(dcfg["max_len"]))
         history = align_stage.train_reasoner(ctx, "rg_dpo", "dpo", arrays, parent, out, fp, dcfg["train"],

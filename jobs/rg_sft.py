@@ -25,7 +25,6 @@ VERSION = 1
 
 def run(ctx: stage.Context) -> dict:
     import numpy as np
-    from transformers import AutoTokenizer
 
     from rgalign_core import align_stage, alignment
     from rgalign_core.reasoner import model_version, reasoner_dir
@@ -46,9 +45,7 @@ def run(ctx: stage.Context) -> dict:
     if ctx.up_to_date([out], fp):
         log.info("the sft reasoner for %s is up to date; use --force to retrain", ctx.ds)
     else:
-        tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
+        tok = align_stage.tokenizer(base)
         arrays = alignment.sft_arrays(tok, cfg["reasoner"]["template"], best.prompt.tolist(), best.best_query.tolist(),
                                       int(scfg["max_len"]))
         n_query = int((arrays["labels"] != alignment.IGNORE).sum())

@@ -55,13 +55,21 @@ def qe_rec_path(ctx: stage.Context, variant: str, seed: int) -> str:
     return path
 
 
+def tokenizer(path: str):
+    """The reasoner's tokenizer, with a pad token (many checkpoints ship without one)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def train_reasoner(ctx: stage.Context, name: str, objective: str, arrays: dict, init_dir: str, out: str, fp: str,
                    tcfg: dict, extra: dict | None = None) -> list[dict]:
     """Train ``init_dir`` with ``objective`` on ``arrays`` under the deepspeed launcher and write the
     result (weights, tokenizer, rgalign.json) atomically to ``out``. Checkpoints under
     ``<lake>/checkpoints/<stage>/ds=<ds>/<fp>`` let an Airflow retry resume. Returns the history."""
-    from transformers import AutoTokenizer
-
     from rgalign_core import ds_trainer
     from rgalign_core.reasoner import model_version
 
@@ -86,7 +94,7 @@ def train_reasoner(ctx: stage.Context, name: str, objective: str, arrays: dict, 
                 "mlflow_tracking_uri": ctx.cfg["mlflow"]["tracking_uri"], "mlflow_run_id": ctx.tracker.run_id, **(extra or {}),
             }
             history = ds_trainer.launch(spec, int(tcfg.get("nproc", 1)), work / "run")
-            AutoTokenizer.from_pretrained(init_dir, local_files_only=True).save_pretrained(tmp)
+            tokenizer(init_dir).save_pretrained(tmp)
             meta = {}
             if Path(init_dir, "rgalign.json").exists():
                 meta = json.loads(Path(init_dir, "rgalign.json").read_text())
