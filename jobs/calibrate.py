@@ -155,8 +155,9 @@ def run(ctx: stage.Context) -> dict:
     # ---- score calibration on the validation window, per seed
     w = ctx.windows()
     out = lake.partition("models", "qe_rec_calibrated", ctx.ds, key="ds")
+    # what the output is made of: the kept ranker and the method (the curve is a record, not an input)
     fp = fingerprint({"version": VERSION, "ranker": lake.marker(best["ranker"]).get("fingerprint"), "method": ccfg["method"],
-                      "curve": curve, "start": start.get("fingerprint")})
+                      "kept_round": best["round"], "start": start.get("fingerprint")})
     summary = {"kept_round": best["round"], "kept_valid_gauc": best_gauc, "rounds_run": len(curve) - 1}
     if ctx.up_to_date([out], fp):
         log.info("calibrated ranker for %s is up to date", ctx.ds)
