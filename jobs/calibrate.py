@@ -101,6 +101,8 @@ def choose(scores: np.ndarray, labels: np.ndarray, sessions: np.ndarray, method:
 
 def run(ctx: stage.Context) -> dict:
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from jobs.encode_queries import encode
     from jobs.rg_cl import align
@@ -162,7 +164,7 @@ def run(ctx: stage.Context) -> dict:
     if ctx.up_to_date([out], fp):
         log.info("calibrated ranker for %s is up to date", ctx.ds)
         return summary
-    model0, vocab, _ = load_model(f"{best['ranker']}/seed={seeds[0]}")
+    _, vocab, _ = load_model(f"{best['ranker']}/seed={seeds[0]}")
     data = ranking_data.load(lake, w["valid"] + w["test"], [], query_variant=best["variant"], vocab=vocab)
     va, te = data.index(w["valid"]), data.index(w["test"])
     rows, preds, before_after = [], [], {}
@@ -184,14 +186,9 @@ def run(ctx: stage.Context) -> dict:
             before_after[seed] = (y, p_before, p_after)
             shutil.copytree(src, Path(tmp) / f"seed={seed}")
             Path(tmp, f"seed={seed}", "calibration.json").write_text(json.dumps(cal))
-            import pyarrow as pa
-
             preds.append(pa.table({"session_id": ft["session_id"], "intent_id": ft["intent_id"], "seed": np.full(len(y), seed),
                                    "score": ft["score"].astype(np.float32), "prob": p_after.astype(np.float32),
                                    "clicked": y.astype(np.int8)}))
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         pq.write_table(pa.concat_tables(preds), str(Path(tmp) / "test_predictions.parquet"))
         Path(tmp, "calibration.json").write_text(json.dumps({"kept_round": best["round"], "reasoner": best["reasoner"],
                                                              "query_variant": best["variant"], "curve": curve, "seeds": rows}, indent=2))
