@@ -79,6 +79,8 @@ def fit(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: dict, se
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    shown = data.tensors["mask"][train_idx]
+    model.intent.mark_seen(data.tensors["intent"][train_idx][shown], data.tensors["intent_title"][train_idx][shown])
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg.get("weight_decay", 0.0)))
     B = int(cfg["batch_sessions"])
     best, best_state, bad, history = -1.0, None, 0, []

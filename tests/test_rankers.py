@@ -81,3 +81,23 @@ def test_query_tower_uses_the_query():
     b = data.batch(np.arange(4))
     other = dict(b, query=torch.roll(b["query"], 1, dims=-1))
     assert not torch.allclose(model(b), model(other))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_intents_unseen_in_training_score_as_the_unknown_id(name):
+    """A cold-start intent's id embedding never gets a gradient; fit marks the seen ids so an
+    unseen one is read as the trained unknown id 0, not as seed-dependent random noise."""
+    data = tiny_data()
+    tr = np.flatnonzero((data.tensors["intent"] != 8).all(1).numpy())  # intent 8 never in training
+    te = np.flatnonzero((data.tensors["intent"] == 8).any(1).numpy())
+    assert len(tr) > 16 and len(te) > 0
+    model = train_ranker.build(name, train_ranker.schema_of(data), {**TINY, "id_dropout": 0.2}, seed=0)
+    model, _ = train_ranker.fit(model, data, tr, tr, {**TRAIN, "epochs": 1}, seed=0)
+    assert not bool(model.intent.seen_ids[8]) and bool(model.intent.seen_ids[1:8].all())
+    b = data.batch(te)
+    unknown = {**b, "intent": b["intent"].masked_fill(b["intent"] == 8, 0)}
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(b), model(unknown))
+        other = {**b, "intent": b["intent"].masked_fill(b["intent"] == 8, 7)}
+        assert not torch.equal(model(b), model(other))  # a seen id is read as itself

@@ -75,7 +75,13 @@ class UserTower(nn.Module):
 
 
 class IntentTower(nn.Module):
-    """Intent id, category, title words (mean of embeddings) and age -> one vector per shown intent."""
+    """Intent id, category, title words (mean of embeddings) and age -> one vector per shown intent.
+
+    An intent id or title word the training window never showed has an embedding no gradient
+    ever reached: it would add seed-dependent noise to every cold-start intent's score. So ids and
+    words outside ``seen_ids``/``seen_words`` (set by the training loop, saved with the model) are
+    read as the shared unknown id 0 / dropped, and in training ``id_dropout`` of the ids are read
+    as unknown, so the unknown id learns what an intent is from its category and title alone."""
 
     def __init__(self, n_intents: int, n_categories: int, n_words: int, cfg: dict):
         super().__init__()
@@ -84,12 +90,26 @@ class IntentTower(nn.Module):
         self.category = nn.Embedding(n_categories, D)
         self.words = nn.Embedding(n_words + 1, D, padding_idx=0)
         self.out = mlp([3 * D + 1, cfg["hidden"], D], cfg["dropout"])
+        self.id_dropout = float(cfg.get("id_dropout", 0.0))
+        self.register_buffer("seen_ids", torch.ones(n_intents + 1, dtype=torch.bool))
+        self.register_buffer("seen_words", torch.ones(n_words + 1, dtype=torch.bool))
+
+    def mark_seen(self, intent, title) -> None:
+        """Only these intent ids / title-word ids (tensors of any shape; 0 = none) are known."""
+        self.seen_ids.zero_()
+        self.seen_ids[intent.unique()] = True
+        self.seen_words.zero_()
+        self.seen_words[title.unique()] = True
+        self.seen_ids[0] = self.seen_words[0] = True
 
     def forward(self, b):  # -> [B, K, D]
-        t = b["intent_title"]
+        ids = torch.where(self.seen_ids[b["intent"]], b["intent"], 0)
+        if self.training and self.id_dropout > 0:
+            ids = ids.masked_fill(torch.rand(ids.shape) < self.id_dropout, 0)
+        t = torch.where(self.seen_words[b["intent_title"]], b["intent_title"], 0)
         n = (t > 0).sum(-1, keepdim=True).clamp(min=1)
         title = self.words(t).sum(-2) / n
-        x = torch.cat([self.id(b["intent"]), self.category(b["intent_cat"]), title, b["intent_age"].unsqueeze(-1)], -1)
+        x = torch.cat([self.id(ids), self.category(b["intent_cat"]), title, b["intent_age"].unsqueeze(-1)], -1)
         return self.out(x)
 
 
