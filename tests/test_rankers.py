@@ -45,15 +45,17 @@ def test_every_model_trains_and_every_parameter_moves(name):
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     b = data.batch(np.arange(32))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    loss = train_ranker.loss_fn(model(b, with_position=True), b, 1.0, 0.5)
-    loss.backward()
-    opt.step()
+    for _ in range(2):  # QE-Rec's fusion head starts at zero: what feeds it moves from the 2nd step
+        opt.zero_grad()
+        loss = train_ranker.loss_fn(model(b, with_position=True), b, 1.0, 0.5)
+        loss.backward()
+        opt.step()
     unchanged = [k for k, v in model.named_parameters() if torch.equal(v, before[k])]
     assert unchanged == []
     assert model(b).shape == (32, 4)
 
 
-@pytest.mark.parametrize("name, golden", [("two_tower", 1.7375), ("qe_rec", 1.7724)])
+@pytest.mark.parametrize("name, golden", [("two_tower", 1.7375), ("qe_rec", 1.7355)])
 def test_golden_first_loss(name, golden):
     data = tiny_data()
     model = train_ranker.build(name, train_ranker.schema_of(data), TINY, seed=0)

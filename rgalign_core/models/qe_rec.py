@@ -1,5 +1,9 @@
-"""QE-Rec: the two towers plus a query tower over the cached latent-query embedding, fused by
-attention from each candidate intent over the user's field tokens and the query, then an MLP."""
+"""QE-Rec: the baseline's two towers plus a query tower over the cached latent-query embedding.
+
+The score is the two-tower score with the projected query added to the user vector, plus a
+fusion term: each candidate intent attends over the user's field tokens and the query, and an
+MLP reads that with the intent-query product. The fusion MLP's last layer starts at zero, so
+training starts from the three-tower dot product and the fusion only adds what it can learn."""
 from __future__ import annotations
 
 import torch
@@ -21,8 +25,11 @@ class QERec(nn.Module):
         self.intent = IntentTower(schema["n_intents"], schema["n_categories"], schema["n_words"], cfg)
         self.query = query_projection(schema["query_dim"], cfg)
         self.fuse = nn.MultiheadAttention(D, cfg["heads"], dropout=cfg["dropout"], batch_first=True)
-        self.score = mlp([6 * D, cfg["hidden"], 1], cfg["dropout"])
+        self.score = mlp([2 * D, cfg["hidden"], 1], cfg["dropout"])
+        nn.init.zeros_(self.score[-1].weight)
+        nn.init.zeros_(self.score[-1].bias)
         self.position = PositionBias()
+        self.scale = D ** -0.5
 
     def forward(self, b, with_position: bool = False):  # -> logits [B, K]
         u, tokens = self.user(b)
@@ -30,7 +37,7 @@ class QERec(nn.Module):
         q = self.query(b["query"])  # [B, D]
         context = torch.cat([tokens, q.unsqueeze(1)], 1)  # user field tokens + the query
         f, _ = self.fuse(v, context, context, need_weights=False)  # each intent attends to them
-        K = v.shape[1]
-        ue, qe = u.unsqueeze(1).expand(-1, K, -1), q.unsqueeze(1).expand(-1, K, -1)
-        logits = self.score(torch.cat([f, v, ue, qe, v * qe, v * ue], -1)).squeeze(-1)
+        qe = q.unsqueeze(1).expand_as(v)
+        towers = torch.einsum("bd,bkd->bk", u + q, v) * self.scale
+        logits = towers + self.score(torch.cat([f, v * qe], -1)).squeeze(-1)
         return logits + self.position(b["position"]) if with_position else logits
