@@ -16,6 +16,10 @@ engines agree.
 
 dag: the whole nightly DAG (`airflow dags test`) on the default scale, on a fresh lake.
 
+query_ceiling (`python -m bench.query_ceiling`, not part of `make bench`: it reads a lake the
+DAG wrote): QE-Rec with a constant query, the reasoner's queries and the true need, next to the
+baseline.
+
 Results: bench/results/<name>.json; BENCHMARKS.md is regenerated from every results file.
 """
 from __future__ import annotations
@@ -450,6 +454,18 @@ def write_benchmarks_md() -> None:
                 f"(sort + segment sums). On a {x['gauc_subset_rows']:,}-row subset: ours {x['gauc_subset_ours_s']*1000:.0f} ms vs "
                 f"a per-user pandas groupby + scikit-learn `roc_auc_score` loop {x['gauc_subset_sklearn_loop_s']:.1f} s "
                 f"(**{x['gauc_subset_speedup']:.0f}×**).\n")
+        if r["name"] == "query_ceiling":
+            x = r["query_ceiling"]
+            parts.append(
+                f"\n### What a latent query can give QE-Rec (`python -m bench.query_ceiling`)\n\nNot a speed benchmark: the "
+                f"ranker's floor and ceiling on the lake of ds={x['ds']} ({x['lake']}, overrides {x['overrides'] or 'none'}), "
+                f"seeds {x['seeds']}, test window. *constant*: one query for every session (QE-Rec must match the "
+                "baseline); *base*: the reasoner's queries; *oracle*: the simulator's true need, one-hot (a perfect "
+                "reasoner).\n\n| variant | test GAUC | test Recall@3 | best valid GAUC | epochs |\n|---|---|---|---:|---:|\n")
+            for name, v in x["variants"].items():
+                parts.append(f"| {name} | {v['test_gauc_mean']:.4f} ± {v['test_gauc_std']:.4f} | "
+                             f"{v['test_recall_at_3_mean']:.4f} ± {v['test_recall_at_3_std']:.4f} | {v['valid_gauc_mean']:.4f} | "
+                             f"{v['epochs_mean']:.1f} |\n")
         if "notes" in r:
             parts.append("\n" + r["notes"] + "\n")
     (ROOT / "BENCHMARKS.md").write_text("".join(parts))

@@ -1,0 +1,110 @@
+"""What a latent query can give QE-Rec on a simulated lake: the ranker's floor and ceiling.
+
+Trains, on the same samples, windows and seeds as ``train_baseline``/``train_qe_rec``:
+
+  baseline    the two-tower ranker (no query)
+  constant    QE-Rec with the same query for every session: it must match the baseline, or
+              QE-Rec's own head loses before the query can add anything
+  base        QE-Rec with the reasoner's queries (``queries/base``, encode_queries' output)
+  oracle      QE-Rec with the simulator's hidden true need of each session, one-hot: what a
+              perfect reasoner could give (uses ``truth/``, so simulator lakes only)
+
+and writes test GAUC / Recall@3 (mean ± std over seeds) to ``bench/results/query_ceiling.json``
+(``BENCHMARKS.md`` shows it). Inputs are read from ``--lake`` (the DAG must have run for --ds
+there); everything it writes goes to a scratch lake and MLflow store under ``--work``.
+
+    python -m bench.query_ceiling --ds 2026-11-21
+    python -m bench.query_ceiling --ds 2026-11-21 --lake /data/rg_medium/lake --set sim.scale=medium
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("baseline", "constant", "base", "oracle")
+
+
+def write_query_variants(source, scratch, days) -> None:
+    """queries/constant and queries/oracle for every sample day, in encode_queries' schema."""
+    import numpy as np
+    import pyarrow as pa
+
+    from rgalign_core.sim_world import NEEDS
+
+    needs = sorted(NEEDS)
+    for d in days:
+        truth = source.read_partition(source.partition("truth", "session_needs", d), "truth.session_needs").to_pandas()
+        sessions = source.read_partition(source.partition("features", "sessions", d), "features.sessions", columns=["session_id"])
+        need = dict(zip(truth.session_id, truth.need))
+        sid = sessions.column("session_id").to_numpy()
+        one_hot = np.zeros((len(sid), len(needs)), np.float32)
+        one_hot[np.arange(len(sid)), [needs.index(need[s]) for s in sid]] = 1.0
+        for name, emb in (("constant", np.ones((len(sid), 4), np.float32)), ("oracle", one_hot)):
+            table = pa.table({"session_id": sid, "latent_query": pa.array([name] * len(sid)),
+                              "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
+                              "reasoner_version": pa.array([name] * len(sid))})
+            scratch.write_table(scratch.partition("queries", name, d), table, {"fingerprint": f"{name}:{d}"})
+
+
+def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str]) -> dict:
+    from rgalign_core import config, stage
+    from rgalign_core.lake import Lake
+    from rgalign_core.train_ranker import run_job
+
+    source = Lake(str(Path(lake_root).resolve()))
+    scratch_root = work / "lake"
+    for area in ("features", "validated", "truth"):
+        (scratch_root / area).parent.mkdir(parents=True, exist_ok=True)
+        if not (scratch_root / area).exists():
+            (scratch_root / area).symlink_to(Path(source.area(area)))
+    (scratch_root / "queries").mkdir(exist_ok=True)
+    if not (scratch_root / "queries" / "base").exists():
+        (scratch_root / "queries" / "base").symlink_to(Path(source.table("queries", "base")))
+    sets = overrides + [f"lake.root={scratch_root}", f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db",
+                        f"mlflow.artifact_root={work}/artifacts"]
+    cfg = config.load("train_qe_rec", sets)
+    days = stage.windows(ds, cfg)["samples"]
+    write_query_variants(source, Lake(str(scratch_root)), days)
+    rows = {}
+    for variant in VARIANTS:
+        model, query = ("two_tower", None) if variant == "baseline" else ("qe_rec", variant)
+        result = stage.execute(f"query_ceiling_{variant}",
+                               lambda ctx, m=model, q=query, v=variant: run_job(ctx, m, q, out_name=f"{m}_{v}"),
+                               ds, cfg, force=True)
+        rows[variant] = {k: result[k] for k in ("test_gauc_mean", "test_gauc_std", "test_recall_at_3_mean",
+                                                "test_recall_at_3_std", "valid_gauc_mean", "epochs_mean")}
+        print(f"{variant:9s} GAUC {rows[variant]['test_gauc_mean']:.4f} ± {rows[variant]['test_gauc_std']:.4f}   "
+              f"Recall@3 {rows[variant]['test_recall_at_3_mean']:.4f} ± {rows[variant]['test_recall_at_3_std']:.4f}", flush=True)
+    return {"ds": ds.isoformat(), "lake": str(source.root), "overrides": overrides, "seeds": cfg["ranker"]["seeds"],
+            "variants": rows}
+
+
+def main(argv=None) -> None:
+    from bench.run import RESULTS, machine, write_benchmarks_md
+    from rgalign_core.stage import setup_logging
+
+    p = argparse.ArgumentParser(prog="python -m bench.query_ceiling", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ds", required=True, help="logical date whose DAG run's lake partitions are read")
+    p.add_argument("--lake", default=str(ROOT / "lake"), help="the lake the DAG wrote (local path)")
+    p.add_argument("--work", default=str(ROOT / "bench" / "work" / "query_ceiling"), help="scratch lake + MLflow store")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, as on a job (e.g. sim.scale=medium, ranker.seeds=[0,1,2,3,4])")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    setup_logging()
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    result = {"name": "query_ceiling", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "query_ceiling": query_ceiling(dt.date.fromisoformat(args.ds), args.lake, work, args.overrides)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "query_ceiling.json").write_text(json.dumps(result, indent=2, default=str))
+    write_benchmarks_md()
+
+
+if __name__ == "__main__":
+    main()
