@@ -31,8 +31,8 @@ VARIANTS = ("baseline", "constant", "base", "oracle")
 def write_query_variants(source, scratch, days) -> None:
     """queries/constant and queries/oracle for every sample day, in encode_queries' schema."""
     import numpy as np
-    import pyarrow as pa
 
+    from jobs.encode_queries import queries_table
     from rgalign_core.sim_world import NEEDS
 
     needs = sorted(NEEDS)
@@ -44,9 +44,7 @@ def write_query_variants(source, scratch, days) -> None:
         one_hot = np.zeros((len(sid), len(needs)), np.float32)
         one_hot[np.arange(len(sid)), [needs.index(need[s]) for s in sid]] = 1.0
         for name, emb in (("constant", np.ones((len(sid), 4), np.float32)), ("oracle", one_hot)):
-            table = pa.table({"session_id": sid, "latent_query": pa.array([name] * len(sid)),
-                              "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
-                              "reasoner_version": pa.array([name] * len(sid))})
+            table = queries_table(sid, [name] * len(sid), emb, name)
             scratch.write_table(scratch.partition("queries", name, d), table, {"fingerprint": f"{name}:{d}"})
 
 

@@ -33,8 +33,6 @@ def run(ctx: stage.Context) -> dict:
 def encode(ctx: stage.Context, model_path: str, variant: str, metric_prefix: str = "") -> dict:
     """Queries and embeddings of every sample-window session by the reasoner at ``model_path``,
     into ``queries/<variant>/dt=``; the alignment stages call it for their reasoner versions."""
-    import pyarrow as pa
-
     from rgalign_core.reasoner import Reasoner, model_version
 
     cfg, lake = ctx.cfg, ctx.lake
@@ -65,12 +63,7 @@ def encode(ctx: stage.Context, model_path: str, variant: str, metric_prefix: str
         t1 = time.time()
         emb = reasoner.embed(prompts, queries, batch_size=int(ecfg["batch_size"]), progress=True)
         t2 = time.time()
-        table = pa.table({
-            "session_id": sessions["session_id"],
-            "latent_query": pa.array(queries, type=pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), type=pa.float32()), dim),
-            "reasoner_version": pa.array([version] * len(queries), type=pa.string()),
-        })
+        table = queries_table(sessions["session_id"], queries, emb, version)
         lake.write_table(dst, table, {"fingerprint": fp, "reasoner_version": version, "dim": dim})
         n_tok = sum(len(t) for t in reasoner.tok(queries, add_special_tokens=False)["input_ids"])
         totals["sessions"] += len(prompts)
@@ -84,6 +77,7 @@ def encode(ctx: stage.Context, model_path: str, variant: str, metric_prefix: str
                      f"{metric_prefix}sample_queries.tsv")
     ctx.tracker.dataset(lake, outputs, f"queries.{variant}", context="output")
     n = max(totals["sessions"], 1)
+    written = [q for d in outputs for q in lake.read_partition(d, "queries", ["latent_query"])["latent_query"].to_pylist()]
     result = {
         "sessions": totals["sessions"], "embedding_dim": dim, "reasoner_version": version,
         "generate_seq_per_s": n / max(totals["generate_s"], 1e-9),
@@ -91,10 +85,23 @@ def encode(ctx: stage.Context, model_path: str, variant: str, metric_prefix: str
         "embed_seq_per_s": n / max(totals["embed_s"], 1e-9),
         "mean_query_tokens": totals["new_tokens"] / n,
         # a reasoner that writes the same query for everyone gives the ranker nothing per session
-        "distinct_query_share": len({q for d in outputs for q in lake.read_partition(d, "queries", ["latent_query"])["latent_query"].to_pylist()}) / n,
-        "empty_queries": int(sum(1 for d in outputs for q in lake.read_partition(d, "queries", ["latent_query"])["latent_query"].to_pylist() if not q)),
+        "distinct_query_share": len(set(written)) / n,
+        "empty_queries": sum(1 for q in written if not q),
     }
     return {f"{metric_prefix}{k}": v for k, v in result.items()}
+
+
+def queries_table(session_ids, queries: list[str], emb, version: str):
+    """The ``queries/<variant>`` schema: session_id, latent_query, embedding (fixed-size float32
+    list, one row of ``emb`` per session) and reasoner_version."""
+    import pyarrow as pa
+
+    return pa.table({
+        "session_id": session_ids,
+        "latent_query": pa.array(queries, type=pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), type=pa.float32()), emb.shape[1]),
+        "reasoner_version": pa.array([version] * len(queries), type=pa.string()),
+    })
 
 
 def main(argv=None):
