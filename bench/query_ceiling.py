@@ -6,6 +6,10 @@ Trains, on the same samples, windows and seeds as ``train_baseline``/``train_qe_
   constant    QE-Rec with the same query for every session: it must match the baseline, or
               QE-Rec's own head loses before the query can add anything
   base        QE-Rec with the reasoner's queries (``queries/base``, encode_queries' output)
+  rules       QE-Rec with what the reasoner's main teacher knows, as a vector: the rules teacher's
+              pending states of the session (``teachers.pending_states``: open problems first, most
+              recent first), weighted 1/rank. No truth and no clicks: what a reasoner that learned
+              its teacher perfectly could give
   oracle      QE-Rec with the simulator's hidden true need of each session, one-hot: what a
               perfect reasoner could give (uses ``truth/``, so simulator lakes only)
 
@@ -25,25 +29,32 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("baseline", "constant", "base", "oracle")
+VARIANTS = ("baseline", "constant", "base", "rules", "oracle")
 
 
 def write_query_variants(source, scratch, days) -> None:
-    """queries/constant and queries/oracle for every sample day, in encode_queries' schema."""
+    """queries/constant, queries/rules and queries/oracle for every sample day, in encode_queries' schema."""
     import numpy as np
 
     from jobs.encode_queries import queries_table
     from rgalign_core.sim_world import NEEDS
+    from rgalign_core.teachers import STATE_QUESTIONS, pending_states
 
-    needs = sorted(NEEDS)
+    needs, states = sorted(NEEDS), sorted(STATE_QUESTIONS)
     for d in days:
         truth = source.read_partition(source.partition("truth", "session_needs", d), "truth.session_needs").to_pandas()
-        sessions = source.read_partition(source.partition("features", "sessions", d), "features.sessions", columns=["session_id"])
+        rows = source.read_partition(source.partition("features", "sessions", d), "features.sessions").to_pylist()
         need = dict(zip(truth.session_id, truth.need))
-        sid = sessions.column("session_id").to_numpy()
+        sid = np.array([r["session_id"] for r in rows], np.int64)
         one_hot = np.zeros((len(sid), len(needs)), np.float32)
         one_hot[np.arange(len(sid)), [needs.index(need[s]) for s in sid]] = 1.0
-        for name, emb in (("constant", np.ones((len(sid), 4), np.float32)), ("oracle", one_hot)):
+        rules = np.zeros((len(sid), len(states) + 1), np.float32)  # last column: nothing pending
+        for i, r in enumerate(rows):
+            pending = pending_states(r)
+            for rank, state in enumerate(pending):
+                rules[i, states.index(state)] = 1.0 / (rank + 1)
+            rules[i, -1] = float(not pending)
+        for name, emb in (("constant", np.ones((len(sid), 4), np.float32)), ("rules", rules), ("oracle", one_hot)):
             table = queries_table(sid, [name] * len(sid), emb, name)
             scratch.write_table(scratch.partition("queries", name, d), table, {"fingerprint": f"{name}:{d}"})
 

@@ -461,8 +461,9 @@ def write_benchmarks_md() -> None:
                 f"\n### What a latent query can give QE-Rec (`python -m bench.query_ceiling`)\n\nNot a speed benchmark: the "
                 f"ranker's floor and ceiling on the lake of ds={x['ds']} ({x['lake']}, overrides {x['overrides'] or 'none'}), "
                 f"seeds {x['seeds']}, test window. *constant*: one query for every session (QE-Rec must match the "
-                "baseline); *base*: the reasoner's queries; *oracle*: the simulator's true need, one-hot (a perfect "
-                "reasoner).\n\n| variant | test GAUC | test Recall@3 | best valid GAUC | epochs |\n|---|---|---|---:|---:|\n")
+                "baseline); *base*: the reasoner's queries; *rules*: the rules teacher's pending states, ranked, as a "
+                "vector (what the reasoner's main teacher knows; no truth, no clicks); *oracle*: the simulator's true "
+                "need, one-hot (a perfect reasoner).\n\n| variant | test GAUC | test Recall@3 | best valid GAUC | epochs |\n|---|---|---|---:|---:|\n")
             for name, v in x["variants"].items():
                 parts.append(f"| {name} | {v['test_gauc_mean']:.4f} ± {v['test_gauc_std']:.4f} | "
                              f"{v['test_recall_at_3_mean']:.4f} ± {v['test_recall_at_3_std']:.4f} | {v['valid_gauc_mean']:.4f} | "
