@@ -59,6 +59,26 @@ def write_query_variants(source, scratch, days) -> None:
             scratch.write_table(scratch.partition("queries", name, d), table, {"fingerprint": f"{name}:{d}"})
 
 
+def cold_start_slice(lake, ds, cfg, model_dir: str) -> dict:
+    """Test GAUC / Recall@3 (mean ± std over seeds) of a trained model on evaluate's cold-start
+    slice (``evaluate.COLD_START``), computed by evaluate's own slice and metric functions."""
+    import numpy as np
+    import pandas as pd
+
+    from jobs import evaluate
+    from rgalign_core import config, stage
+
+    k = int(config.load("evaluate", [])["evaluate"]["k"])
+    _, f = evaluate.test_impressions(lake, ds, stage.windows(ds, cfg)["test"])
+    mask = evaluate.slices(f)[evaluate.COLD_START]
+    key = pd.MultiIndex.from_arrays([f["session_id"], f["intent_id"]])
+    preds = pd.read_parquet(f"{lake.partition('models', model_dir, ds, key='ds')}/test_predictions.parquet")
+    per_seed = [evaluate.score_metrics(f, p.set_index(["session_id", "intent_id"])["score"].reindex(key).to_numpy(np.float64), mask, k)
+                for _, p in preds.groupby("seed")]
+    return {f"cold_start_{m}_{stat}": float(fn([r[m] for r in per_seed]))
+            for m in ("gauc", "recall_at_3") for stat, fn in (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1)))}
+
+
 def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str]) -> dict:
     from rgalign_core import config, stage
     from rgalign_core.lake import Lake
@@ -66,6 +86,7 @@ def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str])
 
     source = Lake(str(Path(lake_root).resolve()))
     scratch_root = work / "lake"
+    scratch = Lake(str(scratch_root))
     for area in ("features", "validated", "truth"):
         (scratch_root / area).parent.mkdir(parents=True, exist_ok=True)
         if not (scratch_root / area).exists():
@@ -77,7 +98,7 @@ def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str])
                         f"mlflow.artifact_root={work}/artifacts"]
     cfg = config.load("train_qe_rec", sets)
     days = stage.windows(ds, cfg)["samples"]
-    write_query_variants(source, Lake(str(scratch_root)), days)
+    write_query_variants(source, scratch, days)
     rows = {}
     for variant in VARIANTS:
         model, query = ("two_tower", None) if variant == "baseline" else ("qe_rec", variant)
@@ -86,8 +107,10 @@ def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str])
                                ds, cfg, force=True)
         rows[variant] = {k: result[k] for k in ("test_gauc_mean", "test_gauc_std", "test_recall_at_3_mean",
                                                 "test_recall_at_3_std", "valid_gauc_mean", "epochs_mean")}
+        rows[variant].update(cold_start_slice(scratch, ds, cfg, f"{model}_{variant}"))
         print(f"{variant:9s} GAUC {rows[variant]['test_gauc_mean']:.4f} ± {rows[variant]['test_gauc_std']:.4f}   "
-              f"Recall@3 {rows[variant]['test_recall_at_3_mean']:.4f} ± {rows[variant]['test_recall_at_3_std']:.4f}", flush=True)
+              f"Recall@3 {rows[variant]['test_recall_at_3_mean']:.4f} ± {rows[variant]['test_recall_at_3_std']:.4f}   "
+              f"cold-start GAUC {rows[variant]['cold_start_gauc_mean']:.4f} ± {rows[variant]['cold_start_gauc_std']:.4f}", flush=True)
     return {"ds": ds.isoformat(), "lake": str(source.root), "overrides": overrides, "seeds": cfg["ranker"]["seeds"],
             "variants": rows}
 

@@ -48,6 +48,16 @@ def slices(f: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def test_impressions(lake, ds, test_days):
+    """The test window's ranking data and its flat per-impression arrays (what ``slices`` and
+    ``score_metrics`` read)."""
+    from rgalign_core import ranking_data
+
+    kb = lake.read_partition(lake.partition("validated", "kb_intents", ds), "validated.kb_intents").to_pylist()
+    data = ranking_data.load(lake, test_days, kb)
+    return data, data.flat(np.arange(data.n), np.zeros(data.tensors["mask"].shape, np.float32))
+
+
 def score_metrics(f: dict, score: np.ndarray, mask: np.ndarray, k: int, probs=None) -> dict:
     from rgalign_core import metrics
 
@@ -58,16 +68,11 @@ def score_metrics(f: dict, score: np.ndarray, mask: np.ndarray, k: int, probs=No
 def run(ctx: stage.Context) -> dict:
     import pandas as pd
 
-    from rgalign_core import ranking_data
-
     cfg, lake = ctx.cfg, ctx.lake
     ecfg = cfg["evaluate"]
     k = int(ecfg["k"])
     test_days = ctx.windows()["test"]
-    kb = lake.read_partition(lake.partition("validated", "kb_intents", ctx.ds), "validated.kb_intents").to_pylist()
-    data = ranking_data.load(lake, test_days, kb)
-    idx = np.arange(data.n)
-    f = data.flat(idx, np.zeros(data.tensors["mask"].shape, np.float32))
+    data, f = test_impressions(lake, ctx.ds, test_days)
     key = pd.MultiIndex.from_arrays([f["session_id"], f["intent_id"]])
     masks = slices(f)
 
