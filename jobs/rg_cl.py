@@ -71,7 +71,8 @@ def align(ctx: stage.Context, name: str, parent: str, qe_path: str, query_varian
     before = alignment.alignment_report(alignment.load_query_aligner(parent, qe_path), valid, tau)
     log.info("%s: %d training sessions with a click; validation before: %s", name, len(train["length"]), before)
     history = align_stage.train_reasoner(ctx, name, "rg_cl", train, parent, out, fp, train_cfg,
-                                         extra={"projection_dir": qe_path, "tau": tau, "lm_weight": float(ccfg["lm_weight"])})
+                                         extra={"projection_dir": qe_path, "tau": tau, "lm_weight": float(ccfg["lm_weight"]),
+                                                "trainable_layers": ccfg["trainable_layers"]})
     after = alignment.alignment_report(alignment.load_query_aligner(out, out), valid, tau)
     log.info("%s: validation after: %s", name, after)
     align_stage.plot_history(ctx, history, ["info_nce", "lm_loss", "pair_accuracy", "alignment_gap"], name)

@@ -154,10 +154,14 @@ def _query_aligner_cls():
 PROJECTION_FILE, PROJECTION_CONFIG = "query_projection.safetensors", "query_projection.json"
 
 
-def load_query_aligner(reasoner_dir: str, projection_dir: str):
+def load_query_aligner(reasoner_dir: str, projection_dir: str, trainable_layers: int | None = None):
     """The reasoner of ``reasoner_dir`` and the query projection saved in ``projection_dir``: a
     QE-Rec checkpoint (``model.safetensors`` + ``config.json``, its ``query.*`` weights) or an
-    RG-CL output (``query_projection.safetensors`` + ``query_projection.json``)."""
+    RG-CL output (``query_projection.safetensors`` + ``query_projection.json``).
+
+    ``trainable_layers``: None trains the whole reasoner; N freezes all of it but its last N
+    decoder layers and final norm (the projection always trains), so RG-CL on a few thousand
+    clicked sessions cannot rewrite the whole model."""
     import json
     from pathlib import Path
 
@@ -182,6 +186,12 @@ def load_query_aligner(reasoner_dir: str, projection_dir: str):
                          f"the reasoner in {reasoner_dir} has hidden size {reasoner.config.hidden_size}")
     projection = query_projection(int(pc["query_dim"]), pc["cfg"])
     projection.load_state_dict(state)
+    if trainable_layers is not None:
+        decoder = getattr(reasoner, reasoner.base_model_prefix)
+        reasoner.requires_grad_(False)
+        for layer in list(decoder.layers)[len(decoder.layers) - int(trainable_layers):]:
+            layer.requires_grad_(True)
+        decoder.norm.requires_grad_(True)
     model = _query_aligner_cls()(reasoner, projection)
     model.projection_config = pc
     return model

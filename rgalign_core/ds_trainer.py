@@ -107,7 +107,7 @@ def build_model(spec: dict):
     if spec.get("objective") == "rg_cl":
         from rgalign_core.alignment import load_query_aligner
 
-        return load_query_aligner(spec["model_dir"], spec["projection_dir"])
+        return load_query_aligner(spec["model_dir"], spec["projection_dir"], spec.get("trainable_layers"))
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], local_files_only=True, dtype=torch.float32)
     model.config.use_cache = False
     return model

@@ -178,6 +178,27 @@ def test_rg_cl_trains_reasoner_and_projection_only_and_leaves_the_intent_tower(t
     assert all(torch.equal(before[f"projection.{k}"], v) for k, v in qe_query.items())
 
 
+def test_rg_cl_trainable_layers_trains_only_the_last_layers_norm_and_projection(tok, qe_rec_dir, tmp_path):
+    path, data = qe_rec_dir
+    model_of(tok).save_pretrained(tmp_path / "reasoner")
+    tok.save_pretrained(tmp_path / "reasoner")
+    qe, _, _ = train_ranker.load_model(path)
+    targets = alignment.intent_targets(qe, data, np.arange(data.n))
+    n = len(targets.pop("rows"))
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+    b = batch_of({**alignment.sft_arrays(tok, TEMPLATE, prompts, [BEST[i % len(BEST)] for i in range(n)], max_len=64, eos=False),
+                  **targets})
+    aligner = alignment.load_query_aligner(str(tmp_path / "reasoner"), str(path), trainable_layers=1)
+    before = {k: v.detach().clone() for k, v in aligner.named_parameters()}
+    torch.manual_seed(0)
+    steps(aligner, lambda m: alignment.rg_cl_loss(m, b, tau=0.1, lm_weight=1.0)[0], n=2, lr=3e-3)
+    last = ARCH["num_hidden_layers"] - 1
+    expected = [k for k, _ in aligner.named_parameters()
+                if k.startswith(("projection.", f"reasoner.model.layers.{last}.", "reasoner.model.norm."))]
+    assert moved(aligner, before) == expected
+    assert any(k.startswith("reasoner.model.layers.0.") for k in before)  # the frozen layer exists and did not move
+
+
 def test_rg_cl_pooling_matches_the_encoder(tok, qe_rec_dir, tmp_path):
     """RG-CL trains on exactly the vector encode_queries caches: last-token pooling of prompt + query."""
     from rgalign_core.reasoner import Reasoner
