@@ -13,7 +13,8 @@ Trains, on the same samples, windows and seeds as ``train_baseline``/``train_qe_
   oracle      QE-Rec with the simulator's hidden true need of each session, one-hot: what a
               perfect reasoner could give (uses ``truth/``, so simulator lakes only)
 
-and writes test GAUC / Recall@3 (mean ± std over seeds) to ``bench/results/query_ceiling.json``
+and writes test GAUC / Recall@3 (mean ± std over seeds), overall and on ``evaluate``'s cold-start
+slice, to ``bench/results/query_ceiling.json``
 (``BENCHMARKS.md`` shows it). Inputs are read from ``--lake`` (the DAG must have run for --ds
 there); everything it writes goes to a scratch lake and MLflow store under ``--work``.
 
@@ -59,9 +60,10 @@ def write_query_variants(source, scratch, days) -> None:
             scratch.write_table(scratch.partition("queries", name, d), table, {"fingerprint": f"{name}:{d}"})
 
 
-def cold_start_slice(lake, ds, cfg, model_dir: str) -> dict:
-    """Test GAUC / Recall@3 (mean ± std over seeds) of a trained model on evaluate's cold-start
-    slice (``evaluate.COLD_START``), computed by evaluate's own slice and metric functions."""
+def cold_start_slice(lake, ds, cfg):
+    """A function model_dir -> test GAUC / Recall@3 (mean ± std over seeds) of that trained model
+    on evaluate's cold-start slice (``evaluate.COLD_START``), by evaluate's own functions; the test
+    impressions are read once."""
     import numpy as np
     import pandas as pd
 
@@ -72,11 +74,13 @@ def cold_start_slice(lake, ds, cfg, model_dir: str) -> dict:
     _, f = evaluate.test_impressions(lake, ds, stage.windows(ds, cfg)["test"])
     mask = evaluate.slices(f)[evaluate.COLD_START]
     key = pd.MultiIndex.from_arrays([f["session_id"], f["intent_id"]])
-    preds = pd.read_parquet(f"{lake.partition('models', model_dir, ds, key='ds')}/test_predictions.parquet")
-    per_seed = [evaluate.score_metrics(f, p.set_index(["session_id", "intent_id"])["score"].reindex(key).to_numpy(np.float64), mask, k)
-                for _, p in preds.groupby("seed")]
-    return {f"cold_start_{m}_{stat}": float(fn([r[m] for r in per_seed]))
-            for m in ("gauc", "recall_at_3") for stat, fn in (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1)))}
+
+    def of(model_dir: str) -> dict:
+        seeds = evaluate.seed_predictions(lake.partition("models", model_dir, ds, key="ds"), key, model_dir)
+        per_seed = [evaluate.score_metrics(f, s["score"], mask, k) for s in seeds.values()]
+        return {f"cold_start_{m}_{stat}": float(fn([r[m] for r in per_seed]))
+                for m in ("gauc", "recall_at_3") for stat, fn in (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1)))}
+    return of
 
 
 def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str]) -> dict:
@@ -99,6 +103,7 @@ def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str])
     cfg = config.load("train_qe_rec", sets)
     days = stage.windows(ds, cfg)["samples"]
     write_query_variants(source, scratch, days)
+    cold_start = cold_start_slice(scratch, ds, cfg)
     rows = {}
     for variant in VARIANTS:
         model, query = ("two_tower", None) if variant == "baseline" else ("qe_rec", variant)
@@ -107,7 +112,7 @@ def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str])
                                ds, cfg, force=True)
         rows[variant] = {k: result[k] for k in ("test_gauc_mean", "test_gauc_std", "test_recall_at_3_mean",
                                                 "test_recall_at_3_std", "valid_gauc_mean", "epochs_mean")}
-        rows[variant].update(cold_start_slice(scratch, ds, cfg, f"{model}_{variant}"))
+        rows[variant].update(cold_start(f"{model}_{variant}"))
         print(f"{variant:9s} GAUC {rows[variant]['test_gauc_mean']:.4f} ± {rows[variant]['test_gauc_std']:.4f}   "
               f"Recall@3 {rows[variant]['test_recall_at_3_mean']:.4f} ± {rows[variant]['test_recall_at_3_std']:.4f}   "
               f"cold-start GAUC {rows[variant]['cold_start_gauc_mean']:.4f} ± {rows[variant]['cold_start_gauc_std']:.4f}", flush=True)

@@ -17,8 +17,8 @@ engines agree.
 dag: the whole nightly DAG (`airflow dags test`) on the default scale, on a fresh lake.
 
 query_ceiling (`python -m bench.query_ceiling`, not part of `make bench`: it reads a lake the
-DAG wrote): QE-Rec with a constant query, the reasoner's queries and the true need, next to the
-baseline.
+DAG wrote): QE-Rec with a constant query, the reasoner's queries, the rules teacher's ranked
+states and the true need, next to the baseline.
 
 Results: bench/results/<name>.json; BENCHMARKS.md is regenerated from every results file.
 """
@@ -467,11 +467,10 @@ def write_benchmarks_md() -> None:
                 "the last 7 days.\n\n| variant | test GAUC | test Recall@3 | cold-start GAUC | cold-start Recall@3 | "
                 "best valid GAUC | epochs |\n|---|---|---|---|---|---:|---:|\n")
             for name, v in x["variants"].items():
-                cold = (f"{v['cold_start_gauc_mean']:.4f} ± {v['cold_start_gauc_std']:.4f} | "
-                        f"{v['cold_start_recall_at_3_mean']:.4f} ± {v['cold_start_recall_at_3_std']:.4f}"
-                        if "cold_start_gauc_mean" in v else "– | –")
                 parts.append(f"| {name} | {v['test_gauc_mean']:.4f} ± {v['test_gauc_std']:.4f} | "
-                             f"{v['test_recall_at_3_mean']:.4f} ± {v['test_recall_at_3_std']:.4f} | {cold} | "
+                             f"{v['test_recall_at_3_mean']:.4f} ± {v['test_recall_at_3_std']:.4f} | "
+                             f"{v['cold_start_gauc_mean']:.4f} ± {v['cold_start_gauc_std']:.4f} | "
+                             f"{v['cold_start_recall_at_3_mean']:.4f} ± {v['cold_start_recall_at_3_std']:.4f} | "
                              f"{v['valid_gauc_mean']:.4f} | {v['epochs_mean']:.1f} |\n")
         if "notes" in r:
             parts.append("\n" + r["notes"] + "\n")

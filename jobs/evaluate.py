@@ -58,6 +58,23 @@ def test_impressions(lake, ds, test_days):
     return data, data.flat(np.arange(data.n), np.zeros(data.tensors["mask"].shape, np.float32))
 
 
+def seed_predictions(model_dir: str, key, name: str) -> dict[int, dict]:
+    """seed -> {"score", "prob"} of a trained model's ``test_predictions.parquet``, aligned to
+    ``key`` (the test impressions' (session_id, intent_id)); a missing impression is an error."""
+    import pandas as pd
+
+    out = {}
+    for seed, p in pd.read_parquet(f"{model_dir}/test_predictions.parquet").groupby("seed"):
+        s = p.set_index(["session_id", "intent_id"])["score"].reindex(key).to_numpy(np.float64)
+        if np.isnan(s).any():
+            raise stage.StageError(f"variant {name} seed {seed}: predictions miss {int(np.isnan(s).sum())} test impressions")
+        # calibrated variants carry their calibrated probability; the others are σ(score)
+        prob = (p.set_index(["session_id", "intent_id"])["prob"].reindex(key).to_numpy(np.float64)
+                if "prob" in p.columns else 1 / (1 + np.exp(-s)))
+        out[int(seed)] = {"score": s, "prob": prob}
+    return out
+
+
 def score_metrics(f: dict, score: np.ndarray, mask: np.ndarray, k: int, probs=None) -> dict:
     from rgalign_core import metrics
 
@@ -82,16 +99,7 @@ def run(ctx: stage.Context) -> dict:
         if not lake.is_complete(path):
             log.warning("variant %s: no model at %s, left out", v["name"], path)
             continue
-        preds = pd.read_parquet(f"{path}/test_predictions.parquet")
-        variants[v["name"]] = {}
-        for seed, p in preds.groupby("seed"):
-            s = p.set_index(["session_id", "intent_id"])["score"].reindex(key).to_numpy(np.float64)
-            if np.isnan(s).any():
-                raise stage.StageError(f"variant {v['name']} seed {seed}: predictions miss {int(np.isnan(s).sum())} test impressions")
-            # calibrated variants carry their calibrated probability; the others are σ(score)
-            prob = (p.set_index(["session_id", "intent_id"])["prob"].reindex(key).to_numpy(np.float64)
-                    if "prob" in p.columns else 1 / (1 + np.exp(-s)))
-            variants[v["name"]][int(seed)] = {"score": s, "prob": prob}
+        variants[v["name"]] = seed_predictions(path, key, v["name"])
     if not variants:
         raise stage.StageError("no trained ranker for this date: run train_baseline / train_qe_rec first")
     references = {"logging policy (shown order)": -f["position"].astype(np.float64),
