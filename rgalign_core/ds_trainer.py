@@ -42,6 +42,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def shm_buffers(port: int) -> list[Path]:
+    """The shared-memory segments DeepSpeed's CPU all-reduce op (deepspeed_shm_comm) made for a run
+    whose master port was ``port``: one per local rank, 64 MiB each, named after the port."""
+    return sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
+
+
+def remove_shm_buffers(port: int) -> None:
+    """DeepSpeed never unlinks those segments when its processes exit (shm.cpp only does in
+    shared_close, which nothing calls), so every run would leave 64 MiB per rank in /dev/shm, which
+    is RAM: a nightly worker runs out of memory after a few hundred runs. Unlink them once the run is over."""
+    for path in shm_buffers(port):
+        path.unlink(missing_ok=True)
+
+
 def launch(spec: dict, nproc: int, workdir: Path) -> list[dict]:
     """Run the training described by ``spec`` on ``nproc`` processes; returns the logged metrics."""
     import torch
@@ -52,7 +66,8 @@ def launch(spec: dict, nproc: int, workdir: Path) -> list[dict]:
     spec_path.write_text(json.dumps(spec, indent=2))
     Path(spec["metrics_file"]).unlink(missing_ok=True)
     deepspeed = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(deepspeed), "--num_gpus", str(nproc), "--master_port", str(free_port()),
+    port = free_port()
+    cmd = [str(deepspeed), "--num_gpus", str(nproc), "--master_port", str(port),
            "--module", "rgalign_core.ds_trainer", "--spec", str(spec_path)]
     env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}:{os.environ.get('PYTHONPATH', '')}"}
     if not torch.cuda.is_available():
@@ -60,7 +75,10 @@ def launch(spec: dict, nproc: int, workdir: Path) -> list[dict]:
         # Split the cores between the processes instead of oversubscribing them.
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     log.info("launching: %s", " ".join(cmd))
-    proc = subprocess.run(cmd, env=env, cwd=PROJECT_ROOT)
+    try:
+        proc = subprocess.run(cmd, env=env, cwd=PROJECT_ROOT)
+    finally:
+        remove_shm_buffers(port)
     if proc.returncode != 0:
         raise RuntimeError(f"DeepSpeed training failed (exit {proc.returncode}); see the log above. Command: {' '.join(cmd)}")
     return [json.loads(line) for line in Path(spec["metrics_file"]).read_text().splitlines()]

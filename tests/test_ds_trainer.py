@@ -53,6 +53,20 @@ def test_two_processes_match_one_on_the_same_global_batch(setup, one_proc):
     assert a[STEPS] < a[1]  # it learns
 
 
+def test_runs_leave_no_shared_memory_behind(setup, monkeypatch):
+    seen = {}
+    real_remove = ds_trainer.remove_shm_buffers
+
+    def remove(port):
+        seen["port"], seen["during"] = port, ds_trainer.shm_buffers(port)
+        real_remove(port)
+
+    monkeypatch.setattr(ds_trainer, "remove_shm_buffers", remove)
+    ds_trainer.launch(spec(setup, "shm", train_steps=1), 2, setup / "shm" / "run")
+    assert len(seen["during"]) == 2  # DeepSpeed's CPU all-reduce made one segment per rank...
+    assert ds_trainer.shm_buffers(seen["port"]) == []  # ...and none is left in /dev/shm (RAM)
+
+
 def test_every_trainable_parameter_changes(setup, one_proc):
     before = load_file(setup / "init" / "model.safetensors")
     after = load_file(setup / "p1" / "model" / "model.safetensors")
