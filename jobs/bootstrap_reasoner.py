@@ -3,7 +3,9 @@
 Only for ``reasoner.base_model: builtin:tiny`` (with a real checkpoint path there is nothing to
 bootstrap and the task logs that and returns). The corpus: KB intents (title + answer) and, for
 each training session, its verbalised prompt followed by the candidate latent queries of the
-non-LLM teachers (rules over the discrete state, retrieval over the session's text). A byte-level
+non-LLM teachers (rules over the discrete state, retrieval over the session's text), each followed
+by the summary cue (``reasoner.summary_cue``) and the session's most pressing pending states
+(``state_summary``), so the token the query embedding pools at learns to predict them. A byte-level
 BPE tokenizer is trained on it, a small Qwen3 is built from ``reasoner.tiny``, and the shared
 DeepSpeed loop (rgalign_core/ds_trainer.py) trains it as a causal LM, one document per row
 (``train.rows: document``, length-bucketed, so a prompt and its query are always seen together)
@@ -45,6 +47,14 @@ def require_reasoner(ctx: stage.Context) -> str:
     return path
 
 
+def state_summary(row: dict, k: int) -> str:
+    """What the corpus writes after the summary cue: the session's ``k`` most pressing pending
+    states, as the rules teacher ranks them (discrete features only; never clicks or the truth)."""
+    from rgalign_core.teachers import pending_states
+
+    return ", ".join(pending_states(row)[:k]) or "nothing"
+
+
 def build_corpus(ctx: stage.Context) -> tuple[list[str], dict, int]:
     """KB texts, and each training session's prompt followed by the non-LLM teachers' queries."""
     from jobs.teachers_generate import kb_reader, read_sessions
@@ -52,7 +62,8 @@ def build_corpus(ctx: stage.Context) -> tuple[list[str], dict, int]:
     from rgalign_core.reasoner import EOS, format_prompt
 
     cfg, lake = ctx.cfg, ctx.lake
-    template = cfg["reasoner"]["template"]
+    template, cue = cfg["reasoner"]["template"], cfg["reasoner"]["summary_cue"]
+    k = int(cfg["bootstrap"]["summary_states"])
     kb = lake.read_partition(lake.partition("validated", "kb_intents", ctx.ds), "validated.kb_intents").to_pylist()
     docs = [f"Question: {r['title']}\nAnswer: {r['answer']}{EOS}" for r in kb]
     rows = [r for day_rows in read_sessions(lake, ctx.windows()["train"]).values() for r in day_rows]
@@ -61,8 +72,9 @@ def build_corpus(ctx: stage.Context) -> tuple[list[str], dict, int]:
         teacher = teachers.build(spec, cfg, kb=kb_reader(lake), seed=int(cfg["bootstrap"]["seed"]))
         n = 0
         for row, queries in zip(rows, teacher.generate(rows, int(cfg["bootstrap"]["queries_per_teacher"]))):
+            summary = f"{cue} {state_summary(row, k)}" if cue else ""
             for q in queries:
-                docs.append(f"{format_prompt(template, row['prompt'])} {q}{EOS}")
+                docs.append(f"{format_prompt(template, row['prompt'])} {q}{summary}{EOS}")
                 n += 1
         counts[f"corpus_queries.{spec.split(':')[-1]}"] = n
         teacher.close()
@@ -145,7 +157,7 @@ def run(ctx: stage.Context) -> dict:
             }
             history = ds_trainer.launch(spec, int(tcfg["nproc"]), work / "run")
             tokenizer.save_pretrained(tmp)
-            Path(tmp, "rgalign.json").write_text(json.dumps({"template": cfg["reasoner"]["template"], "base_model": "builtin:tiny",
+            Path(tmp, "rgalign.json").write_text(json.dumps({"template": cfg["reasoner"]["template"], "summary_cue": cfg["reasoner"]["summary_cue"], "base_model": "builtin:tiny",
                                                              "ds": ctx.ds_str, "corpus_tokens": n_tokens}, indent=2))
         version = model_version(out)
         reasoner = Reasoner.load(out)

@@ -43,7 +43,7 @@ def encode(ctx: stage.Context, model_path: str, variant: str, metric_prefix: str
     for p in inputs:
         lake.require(p, "features.sessions")
     fp = fingerprint({"version": VERSION, "reasoner_version": version, "template": cfg["reasoner"]["template"],
-                      "max_new_tokens": cfg["reasoner"]["max_new_tokens"],
+                      "summary_cue": cfg["reasoner"]["summary_cue"], "max_new_tokens": cfg["reasoner"]["max_new_tokens"],
                       "inputs": [lake.marker(p).get("fingerprint") for p in inputs]})
     outputs = [lake.partition("queries", variant, d) for d in days]
     ctx.tracker.params({f"{metric_prefix}reasoner_path": model_path, f"{metric_prefix}reasoner_version": version})
@@ -51,7 +51,7 @@ def encode(ctx: stage.Context, model_path: str, variant: str, metric_prefix: str
         log.info("queries for %s..%s are up to date (reasoner %s)", days[0], days[-1], version)
         return {f"{metric_prefix}skipped": 1}
 
-    reasoner = Reasoner.load(model_path, template=cfg["reasoner"]["template"])
+    reasoner = Reasoner.load(model_path, template=cfg["reasoner"]["template"], summary_cue=cfg["reasoner"]["summary_cue"])
     dim = reasoner.hidden_size
     totals = {"sessions": 0, "generate_s": 0.0, "embed_s": 0.0, "new_tokens": 0}
     for day, src, dst in zip(days, inputs, outputs):

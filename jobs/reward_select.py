@@ -295,7 +295,7 @@ def run(ctx: stage.Context) -> dict:
             lake.require(p, f"reward_select input {name}")
     settings = {"version": VERSION, "model_seed": seed, "tie_tol": rcfg.get("tie_tol"), "min_margin": rcfg.get("min_margin"),
                 "reward_model": lake.marker(model_root).get("fingerprint"), "reasoner_version": version,
-                "template": cfg["reasoner"]["template"], "query_variant": variant}
+                "template": cfg["reasoner"]["template"], "summary_cue": cfg["reasoner"]["summary_cue"], "query_variant": variant}
     outputs = {d: {t: lake.partition("rewards", t, d) for t in TABLES} for d in days}
     # queries/<variant> only feeds the greedy sanity metric, not the outputs: not in the fingerprint
     fps = {d: fingerprint({**settings, **{n: lake.marker(inputs[n][d]).get("fingerprint")
@@ -307,7 +307,7 @@ def run(ctx: stage.Context) -> dict:
         return {"skipped": 1}
 
     model, vocab, conf = load_model(model_path)
-    reasoner = Reasoner.load(reasoner_path, template=cfg["reasoner"]["template"])
+    reasoner = Reasoner.load(reasoner_path, template=cfg["reasoner"]["template"], summary_cue=cfg["reasoner"]["summary_cue"])
     if int(conf["schema"]["query_dim"]) != reasoner.hidden_size:
         raise stage.StageError(f"the reward model {model_path} reads {conf['schema']['query_dim']}-d query embeddings but the "
                                f"reasoner {reasoner_path} has hidden size {reasoner.hidden_size}: retrain train_qe_rec")

@@ -54,7 +54,7 @@ def contrastive_arrays(ctx: stage.Context, reasoner: str, qe_path: str, query_va
                                f"rerun the stage that encodes it")
     tok = align_stage.tokenizer(reasoner)
     arrays = alignment.sft_arrays(tok, cfg["reasoner"]["template"], text.prompt.tolist(), text.latent_query.tolist(),
-                                  int(cfg["rg_cl"]["max_len"]), eos=False)
+                                  int(cfg["rg_cl"]["max_len"]), eos=False, summary_cue=cfg["reasoner"]["summary_cue"])
     return {**arrays, **t}
 
 
@@ -94,7 +94,8 @@ def run(ctx: stage.Context) -> dict:
         lake.require(p, "rg_cl input")
     out = reasoner_dir(lake, ctx.ds, "cl")
     fp = fingerprint({"version": VERSION, "parent": model_version(parent), "qe_rec": lake.marker(qe_path.rsplit("/", 1)[0]).get("fingerprint"),
-                      "rg_cl": ccfg, "template": cfg["reasoner"]["template"], "inputs": [lake.marker(p).get("fingerprint") for p in inputs]})
+                      "rg_cl": ccfg, "template": cfg["reasoner"]["template"],
+                      "summary_cue": cfg["reasoner"]["summary_cue"], "inputs": [lake.marker(p).get("fingerprint") for p in inputs]})
     ctx.tracker.params({"parent_reasoner": parent, "projection_from": qe_path})
     result = {}
     if ctx.up_to_date([out], fp):

@@ -98,7 +98,7 @@ def train_reasoner(ctx: stage.Context, name: str, objective: str, arrays: dict, 
             meta = {}
             if Path(init_dir, "rgalign.json").exists():
                 meta = json.loads(Path(init_dir, "rgalign.json").read_text())
-            meta.update({"template": ctx.cfg["reasoner"]["template"], "ds": ctx.ds_str, "stage": ctx.stage,
+            meta.update({"template": ctx.cfg["reasoner"]["template"], "summary_cue": ctx.cfg["reasoner"]["summary_cue"], "ds": ctx.ds_str, "stage": ctx.stage,
                          "parent": init_dir, "parent_version": model_version(init_dir)})
             Path(tmp, "rgalign.json").write_text(json.dumps(meta, indent=2))
         shutil.rmtree(ckpt.parent, ignore_errors=True)

@@ -206,14 +206,15 @@ def _pad(rows: list[list[int]], value: int, width: int) -> np.ndarray:
     return out
 
 
-def prompt_response(tok, template: str, prompts: list[str], responses: list[str], max_len: int, eos: bool = True):
+def prompt_response(tok, template: str, prompts: list[str], responses: list[str], max_len: int, eos: bool = True,
+                    summary_cue: str = ""):
     """Token ids of prompt and of " response<eos>" for each pair; the prompt is cut from the left
-    so the pair fits ``max_len`` (the latest state is at the prompt's end). Without ``eos`` the
-    ids are those the reasoner pools for the query embedding (Reasoner.query_text)."""
+    so the pair fits ``max_len`` (the latest state is at the prompt's end). Without ``eos`` and with
+    the reasoner's ``summary_cue`` the ids are those it pools for the query embedding (Reasoner.query_text)."""
     from rgalign_core.reasoner import format_prompt
 
     p_ids = tok([format_prompt(template, p) for p in prompts], add_special_tokens=False)["input_ids"]
-    r_ids = tok([f" {r}{tok.eos_token if eos else ''}" for r in responses], add_special_tokens=False)["input_ids"]
+    r_ids = tok([f" {r}{summary_cue}{tok.eos_token if eos else ''}" for r in responses], add_special_tokens=False)["input_ids"]
     out = []
     for p, r in zip(p_ids, r_ids):
         r = r[:max_len // 2]
@@ -221,8 +222,9 @@ def prompt_response(tok, template: str, prompts: list[str], responses: list[str]
     return out
 
 
-def sft_arrays(tok, template: str, prompts: list[str], queries: list[str], max_len: int, eos: bool = True) -> dict:
-    pairs = prompt_response(tok, template, prompts, queries, max_len, eos)
+def sft_arrays(tok, template: str, prompts: list[str], queries: list[str], max_len: int, eos: bool = True,
+               summary_cue: str = "") -> dict:
+    pairs = prompt_response(tok, template, prompts, queries, max_len, eos, summary_cue)
     ids = [p + r for p, r in pairs]
     labels = [[IGNORE] * len(p) + r for p, r in pairs]
     width = max(len(x) for x in ids)

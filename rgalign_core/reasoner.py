@@ -3,8 +3,15 @@
 ``Reasoner.load(path)`` loads any Hugging Face causal-LM checkpoint from disk (a Qwen3 model, or
 the built-in tiny one that ``jobs/bootstrap_reasoner.py`` builds and trains); nothing is fetched
 from a hub. Batches are left-padded; ``embed`` pools the final-layer hidden state of the last
-non-pad token of prompt + query (last-token pooling), with position ids that ignore padding so a
-text gets the same vector alone, left-padded or right-padded in a batch.
+non-pad token of prompt + query + summary cue (last-token pooling), with position ids that ignore
+padding so a text gets the same vector alone, left-padded or right-padded in a batch.
+
+The summary cue (``reasoner.summary_cue``, e.g. "\nPending:") is why the pooled vector says
+something: a causal LM's last hidden state is trained to predict the next token, and after a query
+that is always its end, so pooling the query's last token keeps little of the session. After the
+cue the next token is the session's most pressing state (the built-in reasoner is trained on that
+continuation), so the pooled state must encode it. It is the same idea as PromptEOL's
+'... means in one word:' for sentence embeddings from decoder LMs.
 """
 from __future__ import annotations
 
@@ -83,27 +90,30 @@ def model_version(path: str | Path) -> str:
 
 
 class Reasoner:
-    def __init__(self, model, tokenizer, template: str = DEFAULT_TEMPLATE, path: str | None = None):
+    def __init__(self, model, tokenizer, template: str = DEFAULT_TEMPLATE, path: str | None = None, summary_cue: str = ""):
         self.model = model.eval()
         self.tok = tokenizer
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:  # many checkpoints ship without one
             self.tok.pad_token = self.tok.eos_token
         self.template = template
+        self.summary_cue = summary_cue
         self.path = path
 
     @classmethod
-    def load(cls, path: str | Path, template: str | None = None, dtype: str = "float32") -> "Reasoner":
+    def load(cls, path: str | Path, template: str | None = None, dtype: str = "float32",
+             summary_cue: str | None = None) -> "Reasoner":
+        """``template`` and ``summary_cue`` default to those the model was trained with (its rgalign.json)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = str(path)
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=getattr(torch, dtype))
-        meta = Path(path) / "rgalign.json"
-        if template is None and meta.exists():
-            template = json.loads(meta.read_text()).get("template")
-        return cls(model, tok, template or DEFAULT_TEMPLATE, path)
+        meta = json.loads((Path(path) / "rgalign.json").read_text()) if (Path(path) / "rgalign.json").exists() else {}
+        template = template if template is not None else meta.get("template")
+        summary_cue = summary_cue if summary_cue is not None else meta.get("summary_cue")
+        return cls(model, tok, template or DEFAULT_TEMPLATE, path, summary_cue or "")
 
     @property
     def hidden_size(self) -> int:
@@ -175,7 +185,8 @@ class Reasoner:
         return out
 
     def query_text(self, prompt: str, query: str) -> str:
-        return f"{self.format(prompt)} {query}".rstrip()
+        """What ``embed`` pools: prompt, query and the summary cue (alignment.prompt_response builds the same ids)."""
+        return f"{self.format(prompt)} {query}".rstrip() + self.summary_cue
 
     def embed(self, prompts: list[str], queries: list[str], **kw) -> np.ndarray:
         return self.embed_texts([self.query_text(p, q) for p, q in zip(prompts, queries)], **kw)

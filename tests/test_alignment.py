@@ -200,16 +200,18 @@ def test_rg_cl_trainable_layers_trains_only_the_last_layers_norm_and_projection(
 
 
 def test_rg_cl_pooling_matches_the_encoder(tok, qe_rec_dir, tmp_path):
-    """RG-CL trains on exactly the vector encode_queries caches: last-token pooling of prompt + query."""
+    """RG-CL trains on exactly the vector encode_queries caches: last-token pooling of prompt + query + summary cue."""
     from rgalign_core.reasoner import Reasoner
 
     path, _ = qe_rec_dir
     model_of(tok).save_pretrained(tmp_path / "r")
     tok.save_pretrained(tmp_path / "r")
     aligner = alignment.load_query_aligner(str(tmp_path / "r"), str(path)).eval()
-    reasoner = Reasoner.load(tmp_path / "r", template=TEMPLATE)
+    cue = "\nPending:"
+    reasoner = Reasoner.load(tmp_path / "r", template=TEMPLATE, summary_cue=cue)
     cached = reasoner.embed(PROMPTS, BEST)
-    a = batch_of(alignment.sft_arrays(tok, TEMPLATE, PROMPTS, BEST, max_len=64, eos=False))
+    a = batch_of(alignment.sft_arrays(tok, TEMPLATE, PROMPTS, BEST, max_len=64, eos=False, summary_cue=cue))
+    assert reasoner.query_text(PROMPTS[0], BEST[0]).endswith(f" {BEST[0]}{cue}")
     with torch.no_grad():
         q, _ = aligner(a["input_ids"], a["attention_mask"])
         expected = aligner.projection(torch.from_numpy(cached))

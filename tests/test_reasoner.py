@@ -66,3 +66,26 @@ def test_generation_is_greedy_deterministic_and_bounded(reasoner):
     b = reasoner.generate(prompts[::-1], max_new_tokens=6)[::-1]
     assert a == b and all(isinstance(q, str) for q in a)
     assert all(len(reasoner.tok(q, add_special_tokens=False)["input_ids"]) <= 6 + 1 for q in a)
+
+
+def test_the_summary_cue_is_pooled_and_comes_from_the_model_by_default(reasoner, tmp_path):
+    import json
+
+    reasoner.model.save_pretrained(tmp_path)
+    reasoner.tok.save_pretrained(tmp_path)
+    (tmp_path / "rgalign.json").write_text(json.dumps({"summary_cue": "\nPending:"}))
+    trained = Reasoner.load(tmp_path)
+    assert trained.query_text("p", "Where is my parcel?").endswith("Where is my parcel?\nPending:")
+    assert Reasoner.load(tmp_path, summary_cue="").query_text("p", "q").endswith(" q")
+    with_cue, without = trained.embed(["p"], ["q"]), reasoner.embed(["p"], ["q"])
+    assert _cos(with_cue[0], without[0]) < 0.999  # a different token is pooled
+
+
+def test_corpus_summary_lists_the_most_pressing_pending_states():
+    from jobs.bootstrap_reasoner import state_summary
+
+    row = {"n_shipped": 1, "h_since_shipped": 5.0, "n_delayed": 1, "h_since_delayed": 30.0,
+           "h_since_payment_failed": 2.0, "n_refund_pending": 0}
+    assert state_summary(row, 3) == "payment_failed, delayed, shipped"  # problems first, most recent first
+    assert state_summary(row, 1) == "payment_failed"
+    assert state_summary({}, 3) == "nothing"
