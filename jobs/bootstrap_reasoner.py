@@ -56,7 +56,8 @@ def state_summary(row: dict, k: int) -> str:
 
 
 def build_corpus(ctx: stage.Context) -> tuple[list[str], dict, int]:
-    """KB texts, and each training session's prompt followed by the non-LLM teachers' queries."""
+    """KB texts, and each training session's prompt followed by the non-LLM teachers' queries, each
+    with the summary cue and the session's pending states after it."""
     from jobs.teachers_generate import kb_reader, read_sessions
     from rgalign_core import teachers
     from rgalign_core.reasoner import EOS, format_prompt

@@ -110,7 +110,8 @@ class Reasoner:
         path = str(path)
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=getattr(torch, dtype))
-        meta = json.loads((Path(path) / "rgalign.json").read_text()) if (Path(path) / "rgalign.json").exists() else {}
+        meta_file = Path(path) / "rgalign.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
         template = template if template is not None else meta.get("template")
         summary_cue = summary_cue if summary_cue is not None else meta.get("summary_cue")
         return cls(model, tok, template or DEFAULT_TEMPLATE, path, summary_cue or "")
