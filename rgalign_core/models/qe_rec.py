@@ -3,7 +3,12 @@
 The score is the two-tower score with the projected query added to the user vector, plus a
 fusion term: each candidate intent attends over the user's field tokens and the query, and an
 MLP reads that with the intent-query product. The fusion MLP's last layer starts at zero, so
-training starts from the three-tower dot product and the fusion only adds what it can learn."""
+training starts from the three-tower dot product and the fusion only adds what it can learn.
+
+``query_dropout``: in training, that share of sessions sees a zero query (the whole projected
+vector), so the user tower must learn the discrete features as well as the baseline does
+instead of leaning on the query alone. Without it QE-Rec's validation GAUC peaked early and its
+seeds spread 0.013 on test GAUC; with 0.3, 0.002 (issue 4's sixth session)."""
 from __future__ import annotations
 
 import torch
@@ -30,11 +35,14 @@ class QERec(nn.Module):
         nn.init.zeros_(self.score[-1].bias)
         self.position = PositionBias()
         self.scale = D ** -0.5
+        self.query_dropout = float(cfg.get("query_dropout", 0.0))
 
     def forward(self, b, with_position: bool = False):  # -> logits [B, K]
         u, tokens = self.user(b)
         v = self.intent(b)  # [B, K, D]
         q = self.query(b["query"])  # [B, D]
+        if self.training and self.query_dropout > 0:
+            q = q * (torch.rand(q.shape[0], 1) >= self.query_dropout)
         context = torch.cat([tokens, q.unsqueeze(1)], 1)  # user field tokens + the query
         f, _ = self.fuse(v, context, context, need_weights=False)  # each intent attends to them
         qe = q.unsqueeze(1).expand_as(v)
