@@ -14,12 +14,13 @@ Trains, on the same samples, windows and seeds as ``train_baseline``/``train_qe_
               perfect reasoner could give (uses ``truth/``, so simulator lakes only)
 
 and writes test GAUC / Recall@3 (mean ± std over seeds), overall and on ``evaluate``'s cold-start
-slice, to ``bench/results/query_ceiling.json``
-(``BENCHMARKS.md`` shows it). Inputs are read from ``--lake`` (the DAG must have run for --ds
+slice, with each variant's difference from the baseline in standard deviations
+(z = Δ / √(sd₁² + sd₂²), as ``evaluate`` reports it), to ``bench/results/query_ceiling.json``
+(``--name``: ``query_ceiling_<name>.json``, e.g. one per scale; ``BENCHMARKS.md`` shows each). Inputs are read from ``--lake`` (the DAG must have run for --ds
 there); everything it writes goes to a scratch lake and MLflow store under ``--work``.
 
     python -m bench.query_ceiling --ds 2026-11-21
-    python -m bench.query_ceiling --ds 2026-11-21 --lake /data/rg_medium/lake --set sim.scale=medium
+    python -m bench.query_ceiling --ds 2026-11-21 --lake /data/rg_medium/lake --set sim.scale=medium --name medium
 """
 from __future__ import annotations
 
@@ -129,6 +130,7 @@ def main(argv=None) -> None:
     p.add_argument("--ds", required=True, help="logical date whose DAG run's lake partitions are read")
     p.add_argument("--lake", default=str(ROOT / "lake"), help="the lake the DAG wrote (local path)")
     p.add_argument("--work", default=str(ROOT / "bench" / "work" / "query_ceiling"), help="scratch lake + MLflow store")
+    p.add_argument("--name", default="", help="results go to bench/results/query_ceiling_<name>.json (default: query_ceiling.json)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, as on a job (e.g. sim.scale=medium, ranker.seeds=[0,1,2,3,4])")
     args = p.parse_args(argv)
@@ -136,10 +138,11 @@ def main(argv=None) -> None:
     setup_logging()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    result = {"name": "query_ceiling", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    name = f"query_ceiling_{args.name}" if args.name else "query_ceiling"
+    result = {"name": name, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "query_ceiling": query_ceiling(dt.date.fromisoformat(args.ds), args.lake, work, args.overrides)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "query_ceiling.json").write_text(json.dumps(result, indent=2, default=str))
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
     write_benchmarks_md()
 
 

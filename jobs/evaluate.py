@@ -151,6 +151,8 @@ def summarise(table, order: list[str]):
 
 def render(summary, table, trained: list[str], ecfg: dict) -> tuple[str, dict]:
     """The Markdown table a reviewer reads, and the headline comparison (candidate vs baseline)."""
+    from rgalign_core import metrics
+
     def cell(sl, v, m):
         mu, sd = summary.loc[(sl, v), ("mean", m)], summary.loc[(sl, v), ("std", m)]
         return "–" if np.isnan(mu) else f"{mu:.4f} ± {sd:.4f}"
@@ -175,7 +177,7 @@ def render(summary, table, trained: list[str], ecfg: dict) -> tuple[str, dict]:
             for m in HEADLINE:
                 a, b = summary.loc[(sl, cand)], summary.loc[(sl, base)]
                 delta = a[("mean", m)] - b[("mean", m)]
-                z = delta / max(np.hypot(a[("std", m)], b[("std", m)]), 1e-12)
+                z = metrics.z_score(a[("mean", m)], a[("std", m)], b[("mean", m)], b[("std", m)])
                 tag = "overall" if sl == "overall" else "cold_start"
                 headline[f"{tag}_{m}_delta"], headline[f"{tag}_{m}_z"] = float(delta), float(z)
                 lines.append(f"| {sl} | {m} | {delta:+.4f} | {z:+.1f} |")
@@ -193,7 +195,7 @@ def render(summary, table, trained: list[str], ecfg: dict) -> tuple[str, dict]:
                 for m in HEADLINE:
                     a, b = summary.loc[(sl, cur)], summary.loc[(sl, prev)]
                     delta = a[("mean", m)] - b[("mean", m)]
-                    z = delta / max(np.hypot(a[("std", m)], b[("std", m)]), 1e-12)
+                    z = metrics.z_score(a[("mean", m)], a[("std", m)], b[("mean", m)], b[("std", m)])
                     cells.append(f"{delta:+.4f} ({z:+.1f})")
                     if sl == "overall":
                         headline[f"stage.{_safe(cur)}.{m}_delta"] = float(delta)
