@@ -35,7 +35,16 @@ def build(name: str, schema: dict, cfg: dict, seed: int):
     from rgalign_core.models import MODELS
 
     torch.manual_seed(seed)
-    return MODELS[name](schema, cfg)
+    model = MODELS[name](schema, cfg)
+    if name == "qe_rec" and cfg.get("start_from_baseline"):
+        # QE-Rec's user and intent towers start as the two-tower's of the same seed and its query
+        # projection's last layer at zero: its first scores are the baseline's, and the query only
+        # adds what training gives it.
+        baseline = build("two_tower", schema, cfg, seed)
+        model.load_state_dict(baseline.state_dict(), strict=False)
+        torch.nn.init.zeros_(model.query[-1][-1].weight)
+        torch.nn.init.zeros_(model.query[-1][-1].bias)
+    return model
 
 
 def loss_fn(logits, b, listwise_weight: float, bce_weight: float):

@@ -101,6 +101,26 @@ def test_query_dropout_zeroes_whole_queries_in_training_only():
     assert 0 < int(dropped.sum()) < 64
 
 
+def test_qe_rec_started_from_the_baseline_scores_as_the_baseline_until_trained():
+    """start_from_baseline: QE-Rec's first scores are the two-tower's of the same seed, whatever the
+    query; after training they differ and depend on the query."""
+    data = tiny_data()
+    schema = train_ranker.schema_of(data)
+    b = data.batch(np.arange(32))
+    baseline = train_ranker.build("two_tower", schema, TINY, seed=3).eval()
+    model = train_ranker.build("qe_rec", schema, {**TINY, "start_from_baseline": True}, seed=3).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(b), baseline(b), atol=1e-6)
+        assert torch.allclose(model(dict(b, query=torch.randn_like(b["query"]))), baseline(b), atol=1e-6)
+    default = train_ranker.build("qe_rec", schema, TINY, seed=3).eval()
+    with torch.no_grad():
+        assert not torch.allclose(default(b), baseline(b), atol=1e-3)  # the default start is its own
+    model, _ = train_ranker.fit(model, data, np.arange(96), np.arange(96), {**TRAIN, "epochs": 2}, seed=3)
+    model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(b), model(dict(b, query=torch.roll(b["query"], 1, dims=-1))), atol=1e-4)
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_intents_unseen_in_training_score_as_the_unknown_id(name):
     """A cold-start intent's id embedding never gets a gradient; fit marks the seen ids so an
