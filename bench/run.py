@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rgalign_core.metrics import z_score
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 WORK = ROOT / "bench" / "work"
@@ -467,8 +469,6 @@ def write_benchmarks_md() -> None:
                 "the last 7 days. (z) = the difference from the baseline in standard deviations, "
                 "Δ / √(sd₁² + sd₂²).\n\n| variant | test GAUC | test Recall@3 | cold-start GAUC | cold-start Recall@3 | "
                 "best valid GAUC | epochs |\n|---|---|---|---|---|---:|---:|\n")
-            from rgalign_core.metrics import z_score
-
             base = x["variants"].get("baseline")
             for name, v in x["variants"].items():
                 cells = []

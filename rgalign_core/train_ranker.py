@@ -37,13 +37,7 @@ def build(name: str, schema: dict, cfg: dict, seed: int):
     torch.manual_seed(seed)
     model = MODELS[name](schema, cfg)
     if name == "qe_rec" and cfg.get("start_from_baseline"):
-        # QE-Rec's user and intent towers start as the two-tower's of the same seed and its query
-        # projection's last layer at zero: its first scores are the baseline's, and the query only
-        # adds what training gives it.
-        baseline = build("two_tower", schema, cfg, seed)
-        model.load_state_dict(baseline.state_dict(), strict=False)
-        torch.nn.init.zeros_(model.query[-1][-1].weight)
-        torch.nn.init.zeros_(model.query[-1][-1].bias)
+        model.start_as(build("two_tower", schema, cfg, seed))  # the two-tower of the same seed
     return model
 
 

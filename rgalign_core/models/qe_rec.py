@@ -37,6 +37,14 @@ class QERec(nn.Module):
         self.scale = D ** -0.5
         self.query_dropout = float(cfg.get("query_dropout", 0.0))
 
+    def start_as(self, baseline: nn.Module) -> None:
+        """Start from a two-tower's weights (``ranker.model.start_from_baseline``): its user and intent
+        towers, and the query projection's last layer at zero, so the first scores are the baseline's
+        and the query only adds what training gives it."""
+        self.load_state_dict(baseline.state_dict(), strict=False)
+        nn.init.zeros_(self.query[-1][-1].weight)
+        nn.init.zeros_(self.query[-1][-1].bias)
+
     def forward(self, b, with_position: bool = False):  # -> logits [B, K]
         u, tokens = self.user(b)
         v = self.intent(b)  # [B, K, D]
