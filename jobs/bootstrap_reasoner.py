@@ -4,8 +4,9 @@ Only for ``reasoner.base_model: builtin:tiny`` (with a real checkpoint path ther
 bootstrap and the task logs that and returns). The corpus: KB intents (title + answer) and, for
 each training session, its verbalised prompt followed by the candidate latent queries of the
 non-LLM teachers (rules over the discrete state, retrieval over the session's text), each followed
-by the summary cue (``reasoner.summary_cue``) and the session's most pressing pending states
-(``state_summary``), so the token the query embedding pools at learns to predict them. A byte-level
+by the summary cue (``reasoner.summary_cue``), the session's most pressing pending states and the
+KB categories its text is about (``state_summary``; every other document puts the categories
+first), so the token the query embedding pools at learns to predict both. A byte-level
 BPE tokenizer is trained on it, a small Qwen3 is built from ``reasoner.tiny``, and the shared
 DeepSpeed loop (rgalign_core/ds_trainer.py) trains it as a causal LM, one document per row
 (``train.rows: document``, length-bucketed, so a prompt and its query are always seen together)
@@ -47,34 +48,43 @@ def require_reasoner(ctx: stage.Context) -> str:
     return path
 
 
-def state_summary(row: dict, k: int) -> str:
+def state_summary(row: dict, k: int, topics: list[str] = (), topics_first: bool = False) -> str:
     """What the corpus writes after the summary cue: the session's ``k`` most pressing pending
-    states, as the rules teacher ranks them (discrete features only; never clicks or the truth)."""
+    states, as the rules teacher ranks them (discrete features only), and the KB categories its
+    text is about (``topics``, from the retrieval teacher), first or last. Never clicks or the truth."""
     from rgalign_core.teachers import pending_states
 
-    return ", ".join(pending_states(row)[:k]) or "nothing"
+    states = pending_states(row)[:k]
+    parts = list(topics) + states if topics_first else states + list(topics)
+    return ", ".join(parts) or "nothing"
 
 
 def build_corpus(ctx: stage.Context) -> tuple[list[str], dict, int]:
     """KB texts, and each training session's prompt followed by the non-LLM teachers' queries, each
-    with the summary cue and the session's pending states after it."""
+    with the summary cue and the session's pending states and text topics after it."""
     from jobs.teachers_generate import kb_reader, read_sessions
     from rgalign_core import teachers
     from rgalign_core.reasoner import EOS, format_prompt
 
     cfg, lake = ctx.cfg, ctx.lake
     template, cue = cfg["reasoner"]["template"], cfg["reasoner"]["summary_cue"]
-    k = int(cfg["bootstrap"]["summary_states"])
+    k, k_topics = int(cfg["bootstrap"]["summary_states"]), int(cfg["bootstrap"].get("summary_topics", 0))
     kb = lake.read_partition(lake.partition("validated", "kb_intents", ctx.ds), "validated.kb_intents").to_pylist()
     docs = [f"Question: {r['title']}\nAnswer: {r['answer']}{EOS}" for r in kb]
     rows = [r for day_rows in read_sessions(lake, ctx.windows()["train"]).values() for r in day_rows]
-    counts = {}
+    topics = [[] for _ in rows]
+    if cue and k_topics:
+        retrieval = teachers.build("builtin:retrieval", cfg, kb=kb_reader(lake), seed=int(cfg["bootstrap"]["seed"]))
+        topics = retrieval.topics(rows, k_topics)
+    counts = {"corpus_sessions_with_topics": sum(bool(t) for t in topics)}
     for spec in cfg["bootstrap"]["corpus_teachers"]:
         teacher = teachers.build(spec, cfg, kb=kb_reader(lake), seed=int(cfg["bootstrap"]["seed"]))
         n = 0
-        for row, queries in zip(rows, teacher.generate(rows, int(cfg["bootstrap"]["queries_per_teacher"]))):
-            summary = f"{cue} {state_summary(row, k)}" if cue else ""
-            for q in queries:
+        for row, row_topics, queries in zip(rows, topics, teacher.generate(rows, int(cfg["bootstrap"]["queries_per_teacher"]))):
+            for j, q in enumerate(queries):
+                # The pooled token predicts the summary's first word, so it encodes what can come
+                # first: alternating which source leads makes it carry both the states and the topics.
+                summary = f"{cue} {state_summary(row, k, row_topics, topics_first=j % 2 == 1)}" if cue else ""
                 docs.append(f"{format_prompt(template, row['prompt'])} {q}{summary}{EOS}")
                 n += 1
         counts[f"corpus_queries.{spec.split(':')[-1]}"] = n

@@ -108,7 +108,7 @@ def kb_reader(lake):
     def kb_for_day(day: dt.date) -> list[dict]:
         if day not in cache:
             cache[day] = lake.read_partition(lake.partition("validated", "kb_intents", day), "validated.kb_intents",
-                                             columns=["intent_id", "title", "answer", "active"]).to_pylist()
+                                             columns=["intent_id", "title", "answer", "category", "active"]).to_pylist()
         return cache[day]
 
     return kb_for_day

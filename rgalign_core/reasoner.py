@@ -9,9 +9,10 @@ padding so a text gets the same vector alone, left-padded or right-padded in a b
 The summary cue (``reasoner.summary_cue``, e.g. "\nPending:") is why the pooled vector says
 something: a causal LM's last hidden state is trained to predict the next token, and after a query
 that is always its end, so pooling the query's last token keeps little of the session. After the
-cue the next token is the session's most pressing state (the built-in reasoner is trained on that
-continuation), so the pooled state must encode it. It is the same idea as PromptEOL's
-'... means in one word:' for sentence embeddings from decoder LMs.
+cue the next token is the session's most pressing state, or the KB category its text is about (the
+built-in reasoner is trained on both continuations, alternately first), so the pooled state must
+encode both. It is the same idea as PromptEOL's '... means in one word:' for sentence embeddings
+from decoder LMs.
 """
 from __future__ import annotations
 

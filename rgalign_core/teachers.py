@@ -57,7 +57,8 @@ Teachers are built from config *specs* (strings), see ``build_teacher``:
     (word 1-2 grams over title + answer of the active intents in the ``kb_intents`` snapshot of
     the session's day, passed in by the job) and rewrites their titles as first-person questions.
     A session with no text signal, or none close enough (``min_score``), gets no candidate.
-    Deterministic for a seed.
+    Deterministic for a seed. ``topics(sessions, k)`` gives the KB categories of the same matches
+    (bootstrap_reasoner writes them into the reasoner's summary).
 
 ``build_teachers(specs, settings, kb=..., reasoner_dir=...)`` builds the job's list;
 ``build(spec, cfg, kb=..., seed=...)`` builds one from a whole stage config (bootstrap_reasoner).
@@ -323,7 +324,7 @@ class RetrievalTeacher(Teacher):
             else:
                 vec = TfidfVectorizer(ngram_range=(1, self.ngram_max), sublinear_tf=True)
                 matrix = vec.fit_transform([f"{r['title']} {r.get('answer') or ''}" for r in rows])
-                self._indexes[day] = (vec, matrix, [r["title"] for r in rows])
+                self._indexes[day] = (vec, matrix, rows)
         return self._indexes[day]
 
     @classmethod
@@ -345,11 +346,11 @@ class RetrievalTeacher(Teacher):
             templates = ("{title}", "I think {lower}", "Help: {title}")
         return rng.choice(templates).format(title=title, lower=_lower_first(title))
 
-    def generate(self, sessions: list[dict], n: int) -> list[list[str]]:
+    def matches(self, sessions: list[dict]):
+        """Yields ``(i, kb rows best first)`` for each session with a KB match of at least ``min_score``."""
         import numpy as np
         import scipy.sparse as sp
 
-        out: list[list[str]] = [[] for _ in sessions]
         by_day: dict[object, list[int]] = {}
         for i, s in enumerate(sessions):
             if callable(self.kb) and s.get("dt") is None:
@@ -359,7 +360,7 @@ class RetrievalTeacher(Teacher):
             index = self._index(day)
             if index is None:
                 continue
-            vec, matrix, titles = index
+            vec, matrix, kb_rows = index
             texts, rows, weights = [], [], []
             for r, i in enumerate(idx):
                 for text, w in self.signals(sessions[i]):
@@ -378,9 +379,32 @@ class RetrievalTeacher(Teacher):
                 if norms[r] == 0.0:  # no signal, or none of its words is in the KB's vocabulary
                     continue
                 sc = scores[r] / norms[r]
-                order = np.lexsort((np.arange(len(titles)), -sc))  # best first, ties by KB order
-                rng = _rng(self.seed, sessions[i], "retrieval")
-                out[i] = [self.rewrite(titles[j], rng) for j in order[:n] if sc[j] >= self.min_score]
+                order = np.lexsort((np.arange(len(kb_rows)), -sc))  # best first, ties by KB order
+                best = [kb_rows[j] for j in order if sc[j] >= self.min_score]
+                if best:
+                    yield i, best
+
+    def generate(self, sessions: list[dict], n: int) -> list[list[str]]:
+        out: list[list[str]] = [[] for _ in sessions]
+        for i, best in self.matches(sessions):
+            rng = _rng(self.seed, sessions[i], "retrieval")
+            out[i] = [self.rewrite(r["title"], rng) for r in best[:n]]
+        return out
+
+    def topics(self, sessions: list[dict], k: int) -> list[list[str]]:
+        """Up to ``k`` KB categories the session's text is about (its best matches' categories,
+        distinct, best first); needs ``category`` in the KB rows."""
+        out: list[list[str]] = [[] for _ in sessions]
+        for i, best in self.matches(sessions):
+            cats = []
+            for r in best:
+                if r.get("category") is None:
+                    raise TeacherError(f"{self.teacher_id}: KB intent {r.get('intent_id')} has no category")
+                if r["category"] not in cats:
+                    cats.append(r["category"])
+                if len(cats) == k:
+                    break
+            out[i] = cats
         return out
 
 

@@ -89,3 +89,7 @@ def test_corpus_summary_lists_the_most_pressing_pending_states():
     assert state_summary(row, 3) == "payment_failed, delayed, shipped"  # problems first, most recent first
     assert state_summary(row, 1) == "payment_failed"
     assert state_summary({}, 3) == "nothing"
+    # the text's KB categories (the retrieval teacher's topics) after the states, or before them
+    assert state_summary(row, 2, ["payment"]) == "payment_failed, delayed, payment"
+    assert state_summary(row, 2, ["payment"], topics_first=True) == "payment, payment_failed, delayed"
+    assert state_summary({}, 3, ["returns_refunds"]) == "returns_refunds"

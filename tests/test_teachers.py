@@ -327,6 +327,19 @@ def test_retrieval_finds_the_kb_title():
     assert all("flash sale" not in q.lower() for q in retrieval.generate([flash], 3)[0])
 
 
+def test_retrieval_topics_are_the_categories_its_text_is_about():
+    retrieval = T.build_teacher("builtin:retrieval", {"seed": 0}, kb=kb_rows())
+    broken = session(session_id=2, last_chat_message="my item arrived broken")
+    charged = session(session_id=3, last_chat_message="I was charged twice for my order")
+    nothing = session(session_id=4)
+    one = retrieval.topics([broken, charged, nothing], 1)
+    assert one == [["product_seller"], ["payment"], []]  # no text signal: no topic
+    two = retrieval.topics([broken], 2)[0]
+    assert two[0] == "product_seller" and len(two) == 2 and two[1] != two[0]  # distinct, best first
+    with pytest.raises(T.TeacherError, match="no category"):
+        T.RetrievalTeacher([{k: v for k, v in r.items() if k != "category"} for r in kb_rows()]).topics([broken], 1)
+
+
 def test_retrieval_uses_the_kb_of_the_sessions_day():
     day1, day2 = dt.date(2026, 3, 1), dt.date(2026, 3, 2)
     kb = {day1: kb_rows()[:8], day2: kb_rows()}
