@@ -10,6 +10,9 @@ Trains, on the same samples, windows and seeds as ``train_baseline``/``train_qe_
               pending states of the session (``teachers.pending_states``: open problems first, most
               recent first), weighted 1/rank. No truth and no clicks: what a reasoner that learned
               its teacher perfectly could give
+  rules_text  the same, next to the KB categories the session's text is about (the retrieval
+              teacher's ``topics``), weighted 1/rank: what the reasoner's summary is trained to say
+              (``bootstrap.summary_topics``), said perfectly. No truth and no clicks
   oracle      QE-Rec with the simulator's hidden true need of each session, one-hot: what a
               perfect reasoner could give (uses ``truth/``, so simulator lakes only)
 
@@ -31,21 +34,25 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("baseline", "constant", "base", "rules", "oracle")
+VARIANTS = ("baseline", "constant", "base", "rules", "rules_text", "oracle")
 
 
 def write_query_variants(source, scratch, days) -> None:
-    """queries/constant, queries/rules and queries/oracle for every sample day, in encode_queries' schema."""
+    """queries/constant, queries/rules, queries/rules_text and queries/oracle for every sample day, in
+    encode_queries' schema."""
     import numpy as np
 
     from jobs.encode_queries import queries_table
     from rgalign_core.sim_world import NEEDS
-    from rgalign_core.teachers import STATE_QUESTIONS, pending_states
+    from jobs.teachers_generate import kb_reader, read_sessions
+    from rgalign_core.contract import INTENT_CATEGORIES
+    from rgalign_core.teachers import STATE_QUESTIONS, RetrievalTeacher, pending_states
 
-    needs, states = sorted(NEEDS), sorted(STATE_QUESTIONS)
+    needs, states, categories = sorted(NEEDS), sorted(STATE_QUESTIONS), list(INTENT_CATEGORIES)
+    retrieval = RetrievalTeacher(kb_reader(source))
     for d in days:
         truth = source.read_partition(source.partition("truth", "session_needs", d), "truth.session_needs").to_pandas()
-        rows = source.read_partition(source.partition("features", "sessions", d), "features.sessions").to_pylist()
+        rows = read_sessions(source, [d])[d]
         need = dict(zip(truth.session_id, truth.need))
         sid = np.array([r["session_id"] for r in rows], np.int64)
         one_hot = np.zeros((len(sid), len(needs)), np.float32)
@@ -56,7 +63,12 @@ def write_query_variants(source, scratch, days) -> None:
             for rank, state in enumerate(pending):
                 rules[i, states.index(state)] = 1.0 / (rank + 1)
             rules[i, -1] = float(not pending)
-        for name, emb in (("constant", np.ones((len(sid), 4), np.float32)), ("rules", rules), ("oracle", one_hot)):
+        topics = np.zeros((len(sid), len(categories)), np.float32)
+        for i, cats in enumerate(retrieval.topics(rows, len(categories))):
+            for rank, cat in enumerate(cats):
+                topics[i, categories.index(cat)] = 1.0 / (rank + 1)
+        for name, emb in (("constant", np.ones((len(sid), 4), np.float32)), ("rules", rules),
+                          ("rules_text", np.hstack([rules, topics])), ("oracle", one_hot)):
             table = queries_table(sid, [name] * len(sid), emb, name)
             scratch.write_table(scratch.partition("queries", name, d), table, {"fingerprint": f"{name}:{d}"})
 

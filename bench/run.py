@@ -18,7 +18,7 @@ dag: the whole nightly DAG (`airflow dags test`) on the default scale, on a fres
 
 query_ceiling (`python -m bench.query_ceiling`, not part of `make bench`: it reads a lake the
 DAG wrote): QE-Rec with a constant query, the reasoner's queries, the rules teacher's ranked
-states and the true need, next to the baseline.
+states (alone and with the text's KB categories) and the true need, next to the baseline.
 
 Results: bench/results/<name>.json; BENCHMARKS.md is regenerated from every results file.
 """
@@ -464,7 +464,9 @@ def write_benchmarks_md() -> None:
                 f"ranker's floor and ceiling on the lake of ds={x['ds']} ({x['lake']}, overrides {x['overrides'] or 'none'}), "
                 f"seeds {x['seeds']}, test window. *constant*: one query for every session (QE-Rec must match the "
                 "baseline); *base*: the reasoner's queries; *rules*: the rules teacher's pending states, ranked, as a "
-                "vector (what the reasoner's main teacher knows; no truth, no clicks); *oracle*: the simulator's true "
+                "vector (what the reasoner's main teacher knows; no truth, no clicks); *rules_text*: the same next to the KB "
+                "categories the session's text is about, ranked (the retrieval teacher's topics: what the reasoner's summary "
+                "is trained to say); *oracle*: the simulator's true "
                 "need, one-hot (a perfect reasoner). Cold-start: `evaluate`'s slice, sessions that showed an intent created in "
                 "the last 7 days. (z) = the difference from the baseline in standard deviations, "
                 "Δ / √(sd₁² + sd₂²).\n\n| variant | test GAUC | test Recall@3 | cold-start GAUC | cold-start Recall@3 | "
