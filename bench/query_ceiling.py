@@ -11,8 +11,8 @@ Trains, on the same samples, windows and seeds as ``train_baseline``/``train_qe_
               recent first), weighted 1/rank. No truth and no clicks: what a reasoner that learned
               its teacher perfectly could give
   rules_text  the same, next to the KB categories the session's text is about (the retrieval
-              teacher's ``topics``), weighted 1/rank: what the reasoner's summary is trained to say
-              (``bootstrap.summary_topics``), said perfectly. No truth and no clicks
+              teacher's ``topics``, as many as ``bootstrap.summary_topics``), weighted 1/rank: what
+              the reasoner's summary is trained to say, said perfectly. No truth and no clicks
   oracle      QE-Rec with the simulator's hidden true need of each session, one-hot: what a
               perfect reasoner could give (uses ``truth/``, so simulator lakes only)
 
@@ -45,11 +45,13 @@ def write_query_variants(source, scratch, days) -> None:
     from jobs.encode_queries import queries_table
     from rgalign_core.sim_world import NEEDS
     from jobs.teachers_generate import kb_reader, read_sessions
+    from rgalign_core import config
     from rgalign_core.contract import INTENT_CATEGORIES
     from rgalign_core.teachers import STATE_QUESTIONS, RetrievalTeacher, pending_states
 
     needs, states, categories = sorted(NEEDS), sorted(STATE_QUESTIONS), list(INTENT_CATEGORIES)
     retrieval = RetrievalTeacher(kb_reader(source))
+    n_topics = max(1, int(config.load("bootstrap_reasoner", [])["bootstrap"]["summary_topics"]))
     for d in days:
         truth = source.read_partition(source.partition("truth", "session_needs", d), "truth.session_needs").to_pandas()
         rows = read_sessions(source, [d])[d]
@@ -64,7 +66,7 @@ def write_query_variants(source, scratch, days) -> None:
                 rules[i, states.index(state)] = 1.0 / (rank + 1)
             rules[i, -1] = float(not pending)
         topics = np.zeros((len(sid), len(categories)), np.float32)
-        for i, cats in enumerate(retrieval.topics(rows, len(categories))):
+        for i, cats in enumerate(retrieval.topics(rows, n_topics)):
             for rank, cat in enumerate(cats):
                 topics[i, categories.index(cat)] = 1.0 / (rank + 1)
         for name, emb in (("constant", np.ones((len(sid), 4), np.float32)), ("rules", rules),
