@@ -68,17 +68,18 @@ def build_corpus(ctx: stage.Context) -> tuple[list[str], dict, int]:
 
     cfg, lake = ctx.cfg, ctx.lake
     template, cue = cfg["reasoner"]["template"], cfg["reasoner"]["summary_cue"]
-    k, k_topics = int(cfg["bootstrap"]["summary_states"]), int(cfg["bootstrap"].get("summary_topics", 0))
+    k, k_topics = int(cfg["bootstrap"]["summary_states"]), int(cfg["bootstrap"]["summary_topics"])
     kb = lake.read_partition(lake.partition("validated", "kb_intents", ctx.ds), "validated.kb_intents").to_pylist()
     docs = [f"Question: {r['title']}\nAnswer: {r['answer']}{EOS}" for r in kb]
     rows = [r for day_rows in read_sessions(lake, ctx.windows()["train"]).values() for r in day_rows]
+    kb_for_day = kb_reader(lake)  # one cache, so each day's KB is read once for all teachers
     topics = [[] for _ in rows]
     if cue and k_topics:
-        retrieval = teachers.build("builtin:retrieval", cfg, kb=kb_reader(lake), seed=int(cfg["bootstrap"]["seed"]))
+        retrieval = teachers.build("builtin:retrieval", cfg, kb=kb_for_day, seed=int(cfg["bootstrap"]["seed"]))
         topics = retrieval.topics(rows, k_topics)
     counts = {"corpus_sessions_with_topics": sum(bool(t) for t in topics)}
     for spec in cfg["bootstrap"]["corpus_teachers"]:
-        teacher = teachers.build(spec, cfg, kb=kb_reader(lake), seed=int(cfg["bootstrap"]["seed"]))
+        teacher = teachers.build(spec, cfg, kb=kb_for_day, seed=int(cfg["bootstrap"]["seed"]))
         n = 0
         for row, row_topics, queries in zip(rows, topics, teacher.generate(rows, int(cfg["bootstrap"]["queries_per_teacher"]))):
             for j, q in enumerate(queries):
