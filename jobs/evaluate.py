@@ -5,7 +5,7 @@ set per seed), the test window's samples (for users, regions, intent categories 
 flags), and, when the simulator's truth exists, its relevance grades for the oracle upper bound.
 Reports GAUC, AUC, Recall@3, NDCG@3, logloss, calibration ratio and ECE overall and by slice
 (region, the clicked intent's category, sessions that showed a cold-start intent, sessions whose
-clicked intent is one), plus references: the logging policy (the production order), "new intents
+clicked intent is one, and with the simulator's truth the latent need's kind), plus references: the logging policy (the production order), "new intents
 first" (the production order with cold-start intents moved to the top) and the oracle. The
 headline compares the candidate with the baseline overall and on the cold-start slice
 (``COLD_START``). Writes the table (Markdown and HTML) and plots to this run and to the DAG
@@ -33,7 +33,9 @@ HEADLINE_SLICES = ("overall", COLD_START)
 
 
 def slices(f: dict) -> dict[str, np.ndarray]:
-    """name -> boolean mask over impressions; every slice is a set of whole sessions."""
+    """name -> boolean mask over impressions; every slice is a set of whole sessions. With the
+    simulator's truth (``f["need_kind"]``, per impression), also by the latent need's kind: where
+    the need shows in the features, only in the text, or nowhere (the paper's claim is the text)."""
     sessions = f["session_id"]
     out = {"overall": np.ones(len(sessions), bool)}
     clicked = f["clicked"] > 0
@@ -45,7 +47,27 @@ def slices(f: dict) -> dict[str, np.ndarray]:
         out[f"region={r}"] = f["region"] == r
     for c in sorted(set(f["intent_category"][clicked])):
         out[f"clicked category={c}"] = np.isin(sessions, np.unique(sessions[clicked & (f["intent_category"] == c)]))
+    if "need_kind" in f:
+        for kind in sorted(set(f["need_kind"])):
+            out[f"latent need={kind}"] = f["need_kind"] == kind
     return out
+
+
+def need_kinds(lake, test_days, sessions: np.ndarray) -> np.ndarray | None:
+    """Per impression, the kind of its session's latent need in the simulator's world
+    (``sim_world.NEEDS``: discrete, weak, text, noise), or None without the simulator's truth."""
+    import pandas as pd
+
+    from rgalign_core.sim_world import NEEDS
+
+    paths = [lake.partition("truth", "session_needs", d) for d in test_days]
+    if not all(lake.is_complete(p) for p in paths):
+        return None
+    truth = pd.concat([lake.read_partition(p, "truth.session_needs").to_pandas() for p in paths])
+    kind = truth.set_index("session_id")["need"].map(lambda n: NEEDS[n][1]).reindex(sessions)
+    if kind.isna().any():
+        raise stage.StageError(f"truth.session_needs misses {int(kind.isna().sum())} test impressions' sessions")
+    return kind.to_numpy()
 
 
 def test_impressions(lake, ds, test_days):
@@ -91,7 +113,8 @@ def run(ctx: stage.Context) -> dict:
     test_days = ctx.windows()["test"]
     data, f = test_impressions(lake, ctx.ds, test_days)
     key = pd.MultiIndex.from_arrays([f["session_id"], f["intent_id"]])
-    masks = slices(f)
+    kinds = need_kinds(lake, test_days, f["session_id"])
+    masks = slices(f if kinds is None else {**f, "need_kind": kinds})
 
     variants: dict[str, dict[int, dict]] = {}  # name -> seed -> {"score", "prob"}
     for v in ecfg["variants"]:

@@ -29,6 +29,10 @@ def test_slices_are_whole_sessions():
     assert s["region=SG"].tolist() == [True, True, False, False, True, True]
     assert s["clicked category=payment"].tolist() == [False, False, True, True, False, False]
     assert "clicked category=app" not in s  # no click there
+    assert not any(name.startswith("latent need") for name in s)  # no simulator truth given
+    kinds = evaluate.slices({**flat(), "need_kind": np.array(["text"] * 2 + ["discrete"] * 4)})
+    assert kinds["latent need=text"].tolist() == [True, True, False, False, False, False]
+    assert kinds["latent need=discrete"].tolist() == [False, False, True, True, True, True]
 
 
 def table(values: dict) -> pd.DataFrame:
