@@ -16,8 +16,8 @@ Trains, on the same samples, windows and seeds as ``train_baseline``/``train_qe_
   oracle      QE-Rec with the simulator's hidden true need of each session, one-hot: what a
               perfect reasoner could give (uses ``truth/``, so simulator lakes only)
 
-and writes test GAUC / Recall@3 (mean ± std over seeds), overall and on ``evaluate``'s cold-start
-slice, with each variant's difference from the baseline in standard deviations
+and writes test GAUC / Recall@3 (mean ± std over seeds), overall, on ``evaluate``'s cold-start
+slice and on the sessions whose latent need only the text shows (``latent need=text``), with each variant's difference from the baseline in standard deviations
 (z = Δ / √(sd₁² + sd₂²), as ``evaluate`` reports it), to ``bench/results/query_ceiling.json``
 (``--name``: ``query_ceiling_<name>.json``, e.g. one per scale; ``BENCHMARKS.md`` shows each). Inputs are read from ``--lake`` (the DAG must have run for --ds
 there); everything it writes goes to a scratch lake and MLflow store under ``--work``.
@@ -75,10 +75,11 @@ def write_query_variants(source, scratch, days) -> None:
             scratch.write_table(scratch.partition("queries", name, d), table, {"fingerprint": f"{name}:{d}"})
 
 
-def cold_start_slice(lake, ds, cfg):
+def slice_metrics(lake, ds, cfg):
     """A function model_dir -> test GAUC / Recall@3 (mean ± std over seeds) of that trained model
-    on evaluate's cold-start slice (``evaluate.COLD_START``), by evaluate's own functions; the test
-    impressions are read once."""
+    on evaluate's cold-start slice (``evaluate.COLD_START``, keys ``cold_start_*``) and on the
+    sessions whose latent need only the text shows (evaluate's ``latent need=text``, keys
+    ``text_need_*``), by evaluate's own functions; the test impressions are read once."""
     import numpy as np
     import pandas as pd
 
@@ -86,15 +87,20 @@ def cold_start_slice(lake, ds, cfg):
     from rgalign_core import config, stage
 
     k = int(config.load("evaluate", [])["evaluate"]["k"])
-    _, f = evaluate.test_impressions(lake, ds, stage.windows(ds, cfg)["test"])
-    mask = evaluate.slices(f)[evaluate.COLD_START]
+    test_days = stage.windows(ds, cfg)["test"]
+    _, f = evaluate.test_impressions(lake, ds, test_days)
+    masks = evaluate.slices({**f, "need_kind": evaluate.need_kinds(lake, test_days, f["session_id"])})
+    masks = {"cold_start": masks[evaluate.COLD_START], "text_need": masks["latent need=text"]}
     key = pd.MultiIndex.from_arrays([f["session_id"], f["intent_id"]])
 
     def of(model_dir: str) -> dict:
         seeds = evaluate.seed_predictions(lake.partition("models", model_dir, ds, key="ds"), key, model_dir)
-        per_seed = [evaluate.score_metrics(f, s["score"], mask, k) for s in seeds.values()]
-        return {f"cold_start_{m}_{stat}": float(fn([r[m] for r in per_seed]))
-                for m in ("gauc", "recall_at_3") for stat, fn in (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1)))}
+        out = {}
+        for name, mask in masks.items():
+            per_seed = [evaluate.score_metrics(f, s["score"], mask, k) for s in seeds.values()]
+            out.update({f"{name}_{m}_{stat}": float(fn([r[m] for r in per_seed]))
+                        for m in ("gauc", "recall_at_3") for stat, fn in (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1)))})
+        return out
     return of
 
 
@@ -118,7 +124,7 @@ def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str])
     cfg = config.load("train_qe_rec", sets)
     days = stage.windows(ds, cfg)["samples"]
     write_query_variants(source, scratch, days)
-    cold_start = cold_start_slice(scratch, ds, cfg)
+    by_slice = slice_metrics(scratch, ds, cfg)
     rows = {}
     for variant in VARIANTS:
         model, query = ("two_tower", None) if variant == "baseline" else ("qe_rec", variant)
@@ -127,10 +133,11 @@ def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str])
                                ds, cfg, force=True)
         rows[variant] = {k: result[k] for k in ("test_gauc_mean", "test_gauc_std", "test_recall_at_3_mean",
                                                 "test_recall_at_3_std", "valid_gauc_mean", "epochs_mean")}
-        rows[variant].update(cold_start(f"{model}_{variant}"))
+        rows[variant].update(by_slice(f"{model}_{variant}"))
         print(f"{variant:9s} GAUC {rows[variant]['test_gauc_mean']:.4f} ± {rows[variant]['test_gauc_std']:.4f}   "
               f"Recall@3 {rows[variant]['test_recall_at_3_mean']:.4f} ± {rows[variant]['test_recall_at_3_std']:.4f}   "
-              f"cold-start GAUC {rows[variant]['cold_start_gauc_mean']:.4f} ± {rows[variant]['cold_start_gauc_std']:.4f}", flush=True)
+              f"cold-start GAUC {rows[variant]['cold_start_gauc_mean']:.4f} ± {rows[variant]['cold_start_gauc_std']:.4f}   "
+              f"text-need GAUC {rows[variant]['text_need_gauc_mean']:.4f}", flush=True)
     return {"ds": ds.isoformat(), "lake": str(source.root), "overrides": overrides, "seeds": cfg["ranker"]["seeds"],
             "variants": rows}
 

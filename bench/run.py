@@ -468,13 +468,18 @@ def write_benchmarks_md() -> None:
                 "categories the session's text is about, ranked (the retrieval teacher's topics: what the reasoner's summary "
                 "is trained to say); *oracle*: the simulator's true "
                 "need, one-hot (a perfect reasoner). Cold-start: `evaluate`'s slice, sessions that showed an intent created in "
-                "the last 7 days. (z) = the difference from the baseline in standard deviations, "
+                "the last 7 days. Text need: `evaluate`'s sessions whose latent need only the text shows (searches, chat). "
+                "(z) = the difference from the baseline in standard deviations, "
                 "Δ / √(sd₁² + sd₂²).\n\n| variant | test GAUC | test Recall@3 | cold-start GAUC | cold-start Recall@3 | "
-                "best valid GAUC | epochs |\n|---|---|---|---|---|---:|---:|\n")
+                "text-need GAUC | text-need Recall@3 | best valid GAUC | epochs |\n|---|---|---|---|---|---|---|---:|---:|\n")
             base = x["variants"].get("baseline")
             for name, v in x["variants"].items():
                 cells = []
-                for m in ("test_gauc", "test_recall_at_3", "cold_start_gauc", "cold_start_recall_at_3"):
+                for m in ("test_gauc", "test_recall_at_3", "cold_start_gauc", "cold_start_recall_at_3",
+                          "text_need_gauc", "text_need_recall_at_3"):
+                    if m + "_mean" not in v:  # a results file from before the text-need slice
+                        cells.append("–")
+                        continue
                     cell = f"{v[m + '_mean']:.4f} ± {v[m + '_std']:.4f}"
                     if base is not None and name != "baseline":
                         z = z_score(v[m + "_mean"], v[m + "_std"], base[m + "_mean"], base[m + "_std"])
