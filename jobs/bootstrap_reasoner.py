@@ -59,6 +59,28 @@ def state_summary(row: dict, k: int, topics: list[str] = (), topics_first: bool 
     return ", ".join(parts) or "nothing"
 
 
+def summary_topics(cfg: dict, rows: list[dict], kb) -> list[list[str]]:
+    """The KB categories each session's text is about, ``bootstrap.summary_topics`` of them (the
+    retrieval teacher's ``topics``; ``kb`` as for the teacher); empty without a summary cue."""
+    from rgalign_core import teachers
+
+    k_topics = int(cfg["bootstrap"]["summary_topics"])
+    if not (cfg["reasoner"]["summary_cue"] and k_topics):
+        return [[] for _ in rows]
+    retrieval = teachers.build("builtin:retrieval", cfg, kb=kb, seed=int(cfg["bootstrap"]["seed"]))
+    try:
+        return retrieval.topics(rows, k_topics)
+    finally:
+        retrieval.close()
+
+
+def summary_text(cfg: dict, row: dict, topics: list[str], topics_first: bool) -> str:
+    """What follows a latent query in training: the summary cue, then ``state_summary``; "" when
+    ``reasoner.summary_cue`` is empty (the query's own last token is pooled)."""
+    cue = cfg["reasoner"]["summary_cue"]
+    return f"{cue} {state_summary(row, int(cfg['bootstrap']['summary_states']), topics, topics_first)}" if cue else ""
+
+
 def build_corpus(ctx: stage.Context) -> tuple[list[str], dict, int]:
     """KB texts, and each training session's prompt followed by the non-LLM teachers' queries, each
     with the summary cue and the session's pending states and text topics after it."""
@@ -67,16 +89,12 @@ def build_corpus(ctx: stage.Context) -> tuple[list[str], dict, int]:
     from rgalign_core.reasoner import EOS, format_prompt
 
     cfg, lake = ctx.cfg, ctx.lake
-    template, cue = cfg["reasoner"]["template"], cfg["reasoner"]["summary_cue"]
-    k, k_topics = int(cfg["bootstrap"]["summary_states"]), int(cfg["bootstrap"]["summary_topics"])
+    template = cfg["reasoner"]["template"]
     kb = lake.read_partition(lake.partition("validated", "kb_intents", ctx.ds), "validated.kb_intents").to_pylist()
     docs = [f"Question: {r['title']}\nAnswer: {r['answer']}{EOS}" for r in kb]
     rows = [r for day_rows in read_sessions(lake, ctx.windows()["train"]).values() for r in day_rows]
     kb_for_day = kb_reader(lake)  # one cache, so each day's KB is read once for all teachers
-    topics = [[] for _ in rows]
-    if cue and k_topics:
-        retrieval = teachers.build("builtin:retrieval", cfg, kb=kb_for_day, seed=int(cfg["bootstrap"]["seed"]))
-        topics = retrieval.topics(rows, k_topics)
+    topics = summary_topics(cfg, rows, kb_for_day)
     counts = {"corpus_sessions_with_topics": sum(bool(t) for t in topics)}
     for spec in cfg["bootstrap"]["corpus_teachers"]:
         teacher = teachers.build(spec, cfg, kb=kb_for_day, seed=int(cfg["bootstrap"]["seed"]))
@@ -85,7 +103,7 @@ def build_corpus(ctx: stage.Context) -> tuple[list[str], dict, int]:
             for j, q in enumerate(queries):
                 # The pooled token predicts the summary's first word, so it encodes what can come
                 # first: alternating which source leads makes it carry both the states and the topics.
-                summary = f"{cue} {state_summary(row, k, row_topics, topics_first=j % 2 == 1)}" if cue else ""
+                summary = summary_text(cfg, row, row_topics, topics_first=j % 2 == 1)
                 docs.append(f"{format_prompt(template, row['prompt'])} {q}{summary}{EOS}")
                 n += 1
         counts[f"corpus_queries.{spec.split(':')[-1]}"] = n

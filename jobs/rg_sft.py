@@ -3,7 +3,11 @@
 Reads ``rewards/best/dt=`` of the training window (reward_select: for each clicked session, the
 teacher candidate that made the frozen QE-Rec rank the clicked intent highest), and trains the base
 reasoner (``models/reasoner/ds=``, or ``reasoner.base_model``) on prompt -> best query with the
-next-token loss on the query tokens only, through the shared DeepSpeed loop
+next-token loss on the query tokens. With ``rg_sft.train_summary`` (default) the target goes on
+with the summary the base reasoner was bootstrapped to write after the query (the summary cue, the
+session's pending states and text topics, as in bootstrap_reasoner's corpus): the query embedding
+pools the cue's token, and fine-tuning on queries alone let what it encodes drift (0.806 -> 0.786
+test GAUC in the ablation). Through the shared DeepSpeed loop
 (rgalign_core/ds_trainer.py) with length-bucketed batches cut to their longest row. Writes
 ``models/reasoner_sft/ds=<ds>/``, then measures it for the ablation: re-encodes every sample-window
 session (``queries/sft/dt=``) and trains QE-Rec on those queries (``models/qe_rec_sft/ds=``).
@@ -23,6 +27,22 @@ log = logging.getLogger("rgalign.rg_sft")
 VERSION = 1
 
 
+def with_summaries(ctx: stage.Context, session_ids: list[int], queries: list[str]) -> list[str]:
+    """Each best query followed by its session's summary, as bootstrap_reasoner's corpus writes it
+    (the topics first in every other example, as there)."""
+    from jobs.bootstrap_reasoner import summary_text, summary_topics
+    from jobs.teachers_generate import kb_reader, read_sessions
+
+    by_id = {r["session_id"]: r for rows in read_sessions(ctx.lake, ctx.windows()["train"]).values() for r in rows}
+    missing = [s for s in session_ids if s not in by_id]
+    if missing:
+        raise stage.StageError(f"rewards/best has {len(missing)} sessions not in features/sessions of the training window "
+                               f"(e.g. {missing[0]}): rerun reward_select for this date")
+    rows = [by_id[s] for s in session_ids]
+    topics = summary_topics(ctx.cfg, rows, kb_reader(ctx.lake))
+    return [q + summary_text(ctx.cfg, r, t, topics_first=i % 2 == 1) for i, (q, r, t) in enumerate(zip(queries, rows, topics))]
+
+
 def run(ctx: stage.Context) -> dict:
     import numpy as np
 
@@ -37,8 +57,10 @@ def run(ctx: stage.Context) -> dict:
     if best.empty:
         raise stage.StageError("rewards/best has no non-empty best query in the training window: nothing to fine-tune on")
     out = reasoner_dir(lake, ctx.ds, "sft")
+    summary = ({"cue": cfg["reasoner"]["summary_cue"], "states": cfg["bootstrap"]["summary_states"],
+                "topics": cfg["bootstrap"]["summary_topics"]} if scfg["train_summary"] else None)
     fp = fingerprint({"version": VERSION, "parent": model_version(base), "rg_sft": scfg, "template": cfg["reasoner"]["template"],
-                      "inputs": in_fps})
+                      "summary": summary, "inputs": in_fps})
     ctx.tracker.params({"parent_reasoner": base, "examples": len(best)})
     ctx.tracker.dataset(lake, paths, "rewards.best", context="training")
     result = {"examples": len(best)}
@@ -46,10 +68,12 @@ def run(ctx: stage.Context) -> dict:
         log.info("the sft reasoner for %s is up to date; use --force to retrain", ctx.ds)
     else:
         tok = align_stage.tokenizer(base)
-        arrays = alignment.sft_arrays(tok, cfg["reasoner"]["template"], best.prompt.tolist(), best.best_query.tolist(),
-                                      int(scfg["max_len"]))
+        targets = best.best_query.tolist()
+        if summary:
+            targets = with_summaries(ctx, best.session_id.tolist(), targets)
+        arrays = alignment.sft_arrays(tok, cfg["reasoner"]["template"], best.prompt.tolist(), targets, int(scfg["max_len"]))
         n_query = int((arrays["labels"] != alignment.IGNORE).sum())
-        log.info("RG-SFT: %d examples, %d query tokens of %d", len(best), n_query, int(arrays["length"].sum()))
+        log.info("RG-SFT: %d examples, %d target tokens of %d", len(best), n_query, int(arrays["length"].sum()))
         history = align_stage.train_reasoner(ctx, "rg_sft", "sft", arrays, base, out, fp, scfg["train"])
         align_stage.plot_history(ctx, history, ["loss", "tokens_per_s"], "rg_sft")
         align_stage.compare_generations(ctx, base, out)

@@ -93,3 +93,23 @@ def test_corpus_summary_lists_the_most_pressing_pending_states():
     assert state_summary(row, 2, ["payment"]) == "payment_failed, delayed, payment"
     assert state_summary(row, 2, ["payment"], topics_first=True) == "payment, payment_failed, delayed"
     assert state_summary({}, 3, ["returns_refunds"]) == "returns_refunds"
+
+
+def test_rg_sft_targets_go_on_with_the_summary_bootstrap_wrote():
+    """RG-SFT trains query + the bootstrap corpus's summary (so the pooled token keeps what it
+    encodes): its config reads bootstrap's summary settings, and the text is the corpus's."""
+    from jobs.bootstrap_reasoner import summary_text, summary_topics
+    from rgalign_core import config
+
+    cfg = config.load("rg_sft", [])
+    assert cfg["rg_sft"]["train_summary"] and cfg["bootstrap"]["summary_topics"] == 1
+    kb = [{"intent_id": 1, "title": "My payment failed", "answer": "Try another card.", "category": "payment", "active": True},
+          {"intent_id": 2, "title": "Where is my parcel?", "answer": "Track it.", "category": "logistics", "active": True}]
+    row = {"h_since_payment_failed": 2.0, "n_shipped": 1, "h_since_shipped": 5.0, "last_chat_message": "my payment failed again"}
+    topics = summary_topics(cfg, [row, {}], kb)
+    assert topics == [["payment"], []]  # the second session has no text
+    cue = cfg["reasoner"]["summary_cue"]
+    assert summary_text(cfg, row, topics[0], topics_first=False) == f"{cue} payment_failed, shipped, payment"
+    assert summary_text(cfg, row, topics[0], topics_first=True) == f"{cue} payment, payment_failed, shipped"
+    no_cue = config.load("rg_sft", ["reasoner.summary_cue="])
+    assert summary_topics(no_cue, [row], kb) == [[]] and summary_text(no_cue, row, [], False) == ""
