@@ -17,10 +17,12 @@ Trains, on the same samples, windows and seeds as ``train_baseline``/``train_qe_
               perfect reasoner could give (uses ``truth/``, so simulator lakes only)
 
 and writes test GAUC / Recall@3 (mean ± std over seeds), overall, on ``evaluate``'s cold-start
-slice and on the sessions whose latent need only the text shows (``latent need=text``), with each variant's difference from the baseline in standard deviations
-(z = Δ / √(sd₁² + sd₂²), as ``evaluate`` reports it), to ``bench/results/query_ceiling.json``
-(``--name``: ``query_ceiling_<name>.json``, e.g. one per scale; ``BENCHMARKS.md`` shows each). Inputs are read from ``--lake`` (the DAG must have run for --ds
-there); everything it writes goes to a scratch lake and MLflow store under ``--work``.
+slice and on the sessions whose latent need only the text shows (``latent need=text``), with each
+variant's difference from the baseline in standard deviations (z = Δ / √(sd₁² + sd₂²), as
+``evaluate`` reports it), to ``bench/results/query_ceiling.json`` (``--name``:
+``query_ceiling_<name>.json``, e.g. one per scale; ``BENCHMARKS.md`` shows each). Inputs are read
+from ``--lake`` (the DAG must have run for --ds there); everything it writes goes to a scratch
+lake and MLflow store under ``--work``.
 
     python -m bench.query_ceiling --ds 2026-11-21
     python -m bench.query_ceiling --ds 2026-11-21 --lake /data/rg_medium/lake --set sim.scale=medium --name medium

@@ -5,8 +5,9 @@ set per seed), the test window's samples (for users, regions, intent categories 
 flags), and, when the simulator's truth exists, its relevance grades for the oracle upper bound.
 Reports GAUC, AUC, Recall@3, NDCG@3, logloss, calibration ratio and ECE overall and by slice
 (region, the clicked intent's category, sessions that showed a cold-start intent, sessions whose
-clicked intent is one, and with the simulator's truth the latent need's kind), plus references: the logging policy (the production order), "new intents
-first" (the production order with cold-start intents moved to the top) and the oracle. The
+clicked intent is one, and with the simulator's truth the latent need's kind), plus references:
+the logging policy (the production order), "new intents first" (the production order with
+cold-start intents moved to the top) and the oracle. The
 headline compares the candidate with the baseline overall and on the cold-start slice
 (``COLD_START``). Writes the table (Markdown and HTML) and plots to this run and to the DAG
 run's parent run, and ``reports/evaluate/ds=…``.
@@ -35,7 +36,8 @@ HEADLINE_SLICES = ("overall", COLD_START)
 def slices(f: dict) -> dict[str, np.ndarray]:
     """name -> boolean mask over impressions; every slice is a set of whole sessions. With the
     simulator's truth (``f["need_kind"]``, per impression), also by the latent need's kind: where
-    the need shows in the features, only in the text, or nowhere (the paper's claim is the text)."""
+    the need shows in the features, weakly, only in the text (the zero-query case the method is
+    for), or not at all (general questions)."""
     sessions = f["session_id"]
     out = {"overall": np.ones(len(sessions), bool)}
     clicked = f["clicked"] > 0
