@@ -55,17 +55,25 @@ def slices(f: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def read_truth(lake, table: str, days):
+    """The simulator's ``truth/<table>`` over ``days`` as one pandas frame, or None when any day
+    lacks it (a lake of real logs has no truth)."""
+    import pandas as pd
+
+    paths = [lake.partition("truth", table, d) for d in days]
+    if not all(lake.is_complete(p) for p in paths):
+        return None
+    return pd.concat([lake.read_partition(p, f"truth.{table}").to_pandas() for p in paths])
+
+
 def need_kinds(lake, test_days, sessions: np.ndarray) -> np.ndarray | None:
     """Per impression, the kind of its session's latent need in the simulator's world
     (``sim_world.NEEDS``: discrete, weak, text, noise), or None without the simulator's truth."""
-    import pandas as pd
-
     from rgalign_core.sim_world import NEEDS
 
-    paths = [lake.partition("truth", "session_needs", d) for d in test_days]
-    if not all(lake.is_complete(p) for p in paths):
+    truth = read_truth(lake, "session_needs", test_days)
+    if truth is None:
         return None
-    truth = pd.concat([lake.read_partition(p, "truth.session_needs").to_pandas() for p in paths])
     kind = truth.set_index("session_id")["need"].map(lambda n: NEEDS[n][1]).reindex(sessions)
     if kind.isna().any():
         raise stage.StageError(f"truth.session_needs misses {int(kind.isna().sum())} test impressions' sessions")
@@ -130,9 +138,8 @@ def run(ctx: stage.Context) -> dict:
     references = {"logging policy (shown order)": -f["position"].astype(np.float64),
                   # not a model: shows what the outcome-selected "cold-start intent clicked" slice rewards
                   "new intents first (shown order otherwise)": 1e3 * f["cold"] - f["position"].astype(np.float64)}
-    truth_paths = [lake.partition("truth", "relevance", d) for d in test_days]
-    if all(lake.is_complete(p) for p in truth_paths):
-        rel = pd.concat([lake.read_partition(p, "truth.relevance").to_pandas() for p in truth_paths])
+    rel = read_truth(lake, "relevance", test_days)
+    if rel is not None:
         r = rel.set_index(["session_id", "intent_id"])["relevance"].reindex(key).to_numpy(np.float64)
         references["oracle (true relevance)"] = np.nan_to_num(r, nan=0.0) - 1e-3 * f["position"]
 
