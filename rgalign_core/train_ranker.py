@@ -214,6 +214,7 @@ def run_job(ctx, model_name: str, query_variant: str | None, out_name: str | Non
     for key in ("gauc", "auc", "recall_at_3", "ndcg_at_3", "logloss"):
         vals = np.array([r[key] for r in results.values()])
         summary[f"test_{key}_mean"], summary[f"test_{key}_std"] = float(vals.mean()), float(vals.std(ddof=1) if len(vals) > 1 else 0.0)
+        summary[f"test_{key}_seeds"] = [float(v) for v in vals]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
     for seed, hist in histories.items():
         ax[0].plot([h["epoch"] for h in hist], [h["train_loss"] for h in hist], marker=".", label=f"seed {seed}")
