@@ -83,11 +83,15 @@ def load(stage: str, overrides: list[str] | None = None, conf_dir: Path | None =
     if stage_file.exists():
         with open(stage_file) as f:
             own = yaml.safe_load(f) or {}
-        # `uses: [other_stage, ...]`: a stage that runs another stage's step (the alignment stages
-        # re-encode queries) reads that stage's file too, below its own
+        # `uses: [other_stage, other_stage.key, ...]`: a stage that runs another stage's step (the
+        # alignment stages re-encode queries) reads that stage's file too, below its own; with `.key`
+        # only that block, so a reviewer sees no settings in the run's params that the stage ignores
         for other in own.pop("uses", None) or []:
-            with open(conf_dir / f"{other}.yaml") as f:
-                cfg = _merge(cfg, yaml.safe_load(f) or {})
+            name, _, key = other.partition(".")
+            with open(conf_dir / f"{name}.yaml") as f:
+                theirs = yaml.safe_load(f) or {}
+            theirs.pop("uses", None)
+            cfg = _merge(cfg, {key: theirs[key]} if key else theirs)
         cfg = _merge(cfg, own)
     for env, dotted in ENV_OVERRIDES.items():
         if os.environ.get(env):
