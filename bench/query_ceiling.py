@@ -132,6 +132,7 @@ def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str],
     sets = overrides + [f"lake.root={scratch_root}", f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db",
                         f"mlflow.artifact_root={work}/artifacts"]
     cfg = config.load("train_qe_rec", sets)
+    cfg["ranker"]["seeds"] = sorted(cfg["ranker"]["seeds"])  # the per-seed lists line up with the slices' (sorted) ones
     days = stage.windows(ds, cfg)["samples"]
     write_query_variants(source, scratch, days)
     by_slice = slice_metrics(scratch, ds, cfg)
