@@ -94,7 +94,7 @@ def test_sft_loss_ignores_prompt_tokens(tok):
     a = alignment.sft_arrays(tok, TEMPLATE, PROMPTS, BEST, max_len=64)
     b = batch_of(a)
     full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)).loss
-    assert float(alignment.sft_loss(model, b)[0]) != pytest.approx(float(full), abs=1e-3)
+    assert float(alignment.sft_loss(model, b)[0].detach()) != pytest.approx(float(full.detach()), abs=1e-3)
 
 
 # ---- DPO -----------------------------------------------------------------------------------------
