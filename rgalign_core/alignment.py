@@ -66,9 +66,10 @@ def dpo_loss(model, ref, b, beta: float):
     chosen = beta * (logps["chosen"] - logps["ref_chosen"])
     rejected = beta * (logps["rejected"] - logps["ref_rejected"])
     loss = -F.logsigmoid(chosen - rejected).mean()
-    metrics = {"rewards/chosen": float(chosen.mean()), "rewards/rejected": float(rejected.mean()),
-               "rewards/accuracies": float((chosen > rejected).float().mean()),
-               "rewards/margins": float((chosen - rejected).mean())}
+    with torch.no_grad():
+        metrics = {"rewards/chosen": float(chosen.mean()), "rewards/rejected": float(rejected.mean()),
+                   "rewards/accuracies": float((chosen > rejected).float().mean()),
+                   "rewards/margins": float((chosen - rejected).mean())}
     return loss, n_tokens, metrics
 
 
