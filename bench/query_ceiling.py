@@ -105,11 +105,11 @@ def slice_metrics(lake, ds, cfg):
         seeds = evaluate.seed_predictions(lake.partition("models", model_dir, ds, key="ds"), key, model_dir)
         out = {}
         for name, mask in masks.items():
-            per_seed = [evaluate.score_metrics(f, s["score"], mask, k) for s in seeds.values()]
+            # in cfg's seed order, as run_job's test_*_seeds, so a draw of 3 seeds is the same 3 on every metric
+            per_seed = [evaluate.score_metrics(f, seeds[s]["score"], mask, k) for s in cfg["ranker"]["seeds"]]
             out.update({f"{name}_{m}_{stat}": float(fn([r[m] for r in per_seed]))
                         for m in ("gauc", "recall_at_3") for stat, fn in (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1)))})
-            if name == "cold_start":  # the seeds' own values, for how often 3 seeds would clear 3 sigma
-                out.update({f"{name}_{m}_seeds": [float(r[m]) for r in per_seed] for m in ("gauc", "recall_at_3")})
+            out.update({f"{name}_{m}_seeds": [float(r[m]) for r in per_seed] for m in ("gauc", "recall_at_3")})
         return out
     return of
 
@@ -132,7 +132,6 @@ def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str],
     sets = overrides + [f"lake.root={scratch_root}", f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db",
                         f"mlflow.artifact_root={work}/artifacts"]
     cfg = config.load("train_qe_rec", sets)
-    cfg["ranker"]["seeds"] = sorted(cfg["ranker"]["seeds"])  # the per-seed lists line up with the slices' (sorted) ones
     days = stage.windows(ds, cfg)["samples"]
     write_query_variants(source, scratch, days)
     by_slice = slice_metrics(scratch, ds, cfg)
