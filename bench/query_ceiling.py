@@ -143,7 +143,7 @@ def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str],
                                ds, cfg, force=True)
         rows[variant] = {k: result[k] for k in ("test_gauc_mean", "test_gauc_std", "test_recall_at_3_mean",
                                                 "test_recall_at_3_std", "test_gauc_seeds", "test_recall_at_3_seeds",
-                                                "valid_gauc_mean", "epochs_mean")}
+                                                "valid_gauc_mean", "valid_gauc_seeds", "epochs_mean")}
         rows[variant].update(by_slice(f"{model}_{variant}"))
         print(f"{variant:9s} GAUC {rows[variant]['test_gauc_mean']:.4f} ± {rows[variant]['test_gauc_std']:.4f}   "
               f"Recall@3 {rows[variant]['test_recall_at_3_mean']:.4f} ± {rows[variant]['test_recall_at_3_std']:.4f}   "
