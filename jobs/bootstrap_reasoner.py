@@ -135,7 +135,8 @@ def run(ctx: stage.Context) -> dict:
     for d in days:
         lake.require(lake.partition("features", "sessions", d), "bootstrap_reasoner input features.sessions")
     in_fp = [lake.marker(lake.partition("features", "sessions", d)).get("fingerprint") for d in days]
-    fp = fingerprint({"version": VERSION, "reasoner": cfg["reasoner"], "bootstrap": cfg["bootstrap"], "train": cfg["train"], "inputs": in_fp})
+    fp = fingerprint({"version": VERSION, "reasoner": cfg["reasoner"], "bootstrap": cfg["bootstrap"], "train": cfg["train"],
+                      "retrieval": cfg["teachers"]["retrieval"], "inputs": in_fp})
     if ctx.up_to_date([out], fp):
         log.info("reasoner for %s is up to date; use --force to retrain", ctx.ds)
         return {"skipped": 1}

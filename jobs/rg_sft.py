@@ -58,7 +58,8 @@ def run(ctx: stage.Context) -> dict:
         raise stage.StageError("rewards/best has no non-empty best query in the training window: nothing to fine-tune on")
     out = reasoner_dir(lake, ctx.ds, "sft")
     summary = ({"cue": cfg["reasoner"]["summary_cue"], "states": cfg["bootstrap"]["summary_states"],
-                "topics": cfg["bootstrap"]["summary_topics"]} if scfg["train_summary"] else None)
+                "topics": cfg["bootstrap"]["summary_topics"], "retrieval": cfg["teachers"]["retrieval"]}
+               if scfg["train_summary"] else None)
     fp = fingerprint({"version": VERSION, "parent": model_version(base), "rg_sft": scfg, "template": cfg["reasoner"]["template"],
                       "summary": summary, "inputs": in_fps})
     ctx.tracker.params({"parent_reasoner": base, "examples": len(best)})

@@ -83,15 +83,24 @@ def load(stage: str, overrides: list[str] | None = None, conf_dir: Path | None =
     if stage_file.exists():
         with open(stage_file) as f:
             own = yaml.safe_load(f) or {}
-        # `uses: [other_stage, other_stage.key, ...]`: a stage that runs another stage's step (the
-        # alignment stages re-encode queries) reads that stage's file too, below its own; with `.key`
-        # only that block, so a reviewer sees no settings in the run's params that the stage ignores
+        # `uses: [other_stage, other_stage.key, other_stage.key.sub, ...]`: a stage that runs another
+        # stage's step (the alignment stages re-encode queries) reads that stage's file too, below its
+        # own; with `.key` only that block, so a reviewer sees no settings in the run's params that the
+        # stage ignores
         for other in own.pop("uses", None) or []:
             name, _, key = other.partition(".")
             with open(conf_dir / f"{name}.yaml") as f:
                 theirs = yaml.safe_load(f) or {}
             theirs.pop("uses", None)
-            cfg = _merge(cfg, {key: theirs[key]} if key else theirs)
+            if key:
+                path = key.split(".")
+                block = theirs
+                for part in path:
+                    block = block[part]
+                for part in reversed(path):
+                    block = {part: block}
+                theirs = block
+            cfg = _merge(cfg, theirs)
         cfg = _merge(cfg, own)
     for env, dotted in ENV_OVERRIDES.items():
         if os.environ.get(env):

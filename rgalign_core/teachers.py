@@ -53,9 +53,11 @@ Teachers are built from config *specs* (strings), see ``build_teacher``:
 
 ``builtin:retrieval``
     Uses the session's *text* signals (last chat message, recent searches, recently viewed item
-    titles, weighted in that order) to retrieve the closest Knowledge-Base intents by TF-IDF
-    (word 1-2 grams over title + answer of the active intents in the ``kb_intents`` snapshot of
-    the session's day, passed in by the job) and rewrites their titles as first-person questions.
+    titles, weighted in that order) to retrieve the closest Knowledge-Base intents (the active
+    intents in the ``kb_intents`` snapshot of the session's day, passed in by the job) and rewrites
+    their titles as first-person questions. ``encoder`` compares the texts: ``minilm`` (the
+    default config: all-MiniLM-L6-v2 sentence embeddings of the titles, which match paraphrases),
+    a local sentence-encoder directory, or ``tfidf`` (word 1-2 grams over title + answer).
     A session with no text signal, or none close enough (``min_score``), gets no candidate.
     Deterministic for a seed. ``topics(sessions, k)`` gives the KB categories of the same matches
     (bootstrap_reasoner writes them into the reasoner's summary).
@@ -294,10 +296,13 @@ KbSource = Sequence[dict] | Callable[[dt.date], Sequence[dict]]
 
 
 class RetrievalTeacher(Teacher):
-    """Text signals -> closest KB intent titles (TF-IDF) -> first-person questions.
+    """Text signals -> closest KB intent titles -> first-person questions.
 
-    ``kb`` is the list of ``kb_intents`` rows, or a function day -> rows; with a function each
-    session must carry its day in ``session["dt"]`` (the job adds it).
+    ``encoder`` is how text is compared: ``"tfidf"`` (word n-grams over title + answer: lexical,
+    blind to paraphrases), ``"minilm"`` (all-MiniLM-L6-v2 sentence embeddings of the titles, see
+    ``text_encoder``) or a local sentence-encoder directory. ``kb`` is the list of ``kb_intents``
+    rows, or a function day -> rows; with a function each session must carry its day in
+    ``session["dt"]`` (the job adds it).
     """
 
     teacher_id = "builtin:retrieval"
@@ -306,25 +311,45 @@ class RetrievalTeacher(Teacher):
     SEARCH_WEIGHTS = (0.8, 0.6, 0.4)
     ITEM_WEIGHT = 0.2
 
-    def __init__(self, kb: KbSource, seed: int = 0, min_score: float = 0.1, ngram_max: int = 2):
+    def __init__(self, kb: KbSource, seed: int = 0, min_score: float = 0.1, ngram_max: int = 2,
+                 encoder: str = "tfidf"):
         self.kb = kb
         self.seed = int(seed)
         self.min_score = float(min_score)
         self.ngram_max = int(ngram_max)
+        self.encoder = str(encoder)
+        self._sentence_encoder = None
         self._indexes: dict[object, tuple] = {}
+        if self.encoder != "tfidf":
+            from rgalign_core.text_encoder import resolve
+
+            resolve(self.encoder)  # a wrong name fails here, before any work
+
+    def close(self) -> None:
+        self._sentence_encoder = None
+        self._indexes.clear()
 
     def _index(self, day):
+        """(texts -> vectors, the KB's vectors, the KB rows) for a day's active intents, or None."""
         if day not in self._indexes:
-            from sklearn.feature_extraction.text import TfidfVectorizer
-
             rows = self.kb(day) if callable(self.kb) else self.kb
             rows = sorted((r for r in rows if r.get("active", True) and r.get("title")), key=lambda r: r["intent_id"])
             if not rows:
                 self._indexes[day] = None
-            else:
+            elif self.encoder == "tfidf":
+                from sklearn.feature_extraction.text import TfidfVectorizer
+
                 vec = TfidfVectorizer(ngram_range=(1, self.ngram_max), sublinear_tf=True)
                 matrix = vec.fit_transform([f"{r['title']} {r.get('answer') or ''}" for r in rows])
-                self._indexes[day] = (vec, matrix, rows)
+                self._indexes[day] = (vec.transform, matrix, rows)
+            else:
+                if self._sentence_encoder is None:
+                    from rgalign_core.text_encoder import SentenceEncoder
+
+                    self._sentence_encoder = SentenceEncoder.load(self.encoder)
+                encoder = self._sentence_encoder
+                # titles only: matched on title + answer, weak and discrete needs' topics were worse
+                self._indexes[day] = (encoder.encode, encoder.encode([r["title"] for r in rows]), rows)
         return self._indexes[day]
 
     @classmethod
@@ -360,7 +385,7 @@ class RetrievalTeacher(Teacher):
             index = self._index(day)
             if index is None:
                 continue
-            vec, matrix, kb_rows = index
+            embed, matrix, kb_rows = index
             texts, rows, weights = [], [], []
             for r, i in enumerate(idx):
                 for text, w in self.signals(sessions[i]):
@@ -369,12 +394,15 @@ class RetrievalTeacher(Teacher):
                     weights.append(w)
             if not texts:
                 continue
-            # each session's query = weighted sum of its signals' TF-IDF vectors, L2-normalised;
+            # each session's query = weighted sum of its signals' vectors, L2-normalised;
             # score = cosine with each KB document
             mix = sp.csr_matrix((weights, (rows, range(len(texts)))), shape=(len(idx), len(texts)))
-            queries = mix @ vec.transform(texts)
-            norms = np.sqrt(np.asarray(queries.multiply(queries).sum(axis=1))).ravel()
-            scores = np.asarray((queries @ matrix.T).todense())
+            queries = mix @ embed(texts)
+            if sp.issparse(queries):
+                norms = np.sqrt(np.asarray(queries.multiply(queries).sum(axis=1))).ravel()
+                scores = np.asarray((queries @ matrix.T).todense())
+            else:
+                norms, scores = np.linalg.norm(queries, axis=1), queries @ matrix.T
             for r, i in enumerate(idx):
                 if norms[r] == 0.0:  # no signal, or none of its words is in the KB's vocabulary
                     continue
@@ -651,7 +679,8 @@ def build_teacher(spec: str, settings: dict | None = None, *, kb: KbSource | Non
         if kb is None:
             raise TeacherError("builtin:retrieval needs the Knowledge Base (kb_intents rows)")
         r = settings.get("retrieval") or {}
-        return RetrievalTeacher(kb, seed=seed, min_score=r.get("min_score", 0.1), ngram_max=r.get("ngram_max", 2))
+        return RetrievalTeacher(kb, seed=seed, min_score=r.get("min_score", 0.1), ngram_max=r.get("ngram_max", 2),
+                                encoder=r.get("encoder", "tfidf"))
     if kind in ("hf", "builtin"):
         path = arg if kind == "hf" else reasoner_dir
         if not path:

@@ -104,6 +104,9 @@ def test_rg_sft_targets_go_on_with_the_summary_bootstrap_wrote():
     cfg = config.load("rg_sft", [])
     assert cfg["rg_sft"]["train_summary"] and cfg["bootstrap"]["summary_topics"] == 1
     assert "train" not in cfg  # `uses: bootstrap_reasoner.bootstrap` takes that block, not bootstrap's training settings
+    # the text topics come from the retrieval teacher teachers_generate runs (`uses: ...teachers.retrieval`)
+    retrieval = config.load("teachers_generate", [])["teachers"]["retrieval"]
+    assert cfg["teachers"] == {"retrieval": retrieval} == config.load("bootstrap_reasoner", [])["teachers"]
     kb = [{"intent_id": 1, "title": "My payment failed", "answer": "Try another card.", "category": "payment", "active": True},
           {"intent_id": 2, "title": "Where is my parcel?", "answer": "Track it.", "category": "logistics", "active": True}]
     row = {"h_since_payment_failed": 2.0, "n_shipped": 1, "h_since_shipped": 5.0, "last_chat_message": "my payment failed again"}

@@ -22,6 +22,7 @@ import pytest
 from rgalign_core import contract, sim_world
 from rgalign_core import teachers as T
 from rgalign_core.lake import Lake
+from rgalign_core.stage import StageError
 
 KEY_ENV = "RGALIGN_TEST_TEACHER_KEY"
 KEY = "sk-test-9f8e7d6c5b4a-SECRET"
@@ -315,8 +316,14 @@ def test_rules_use_discrete_features_only_and_fall_back_by_entry_point():
     assert "voucher_expiring" not in T.pending_states(used)
 
 
-def test_retrieval_finds_the_kb_title():
-    retrieval = T.build_teacher("builtin:retrieval", {"seed": 0}, kb=kb_rows())
+# both encoders, with the default config's thresholds
+ENCODERS = pytest.mark.parametrize("encoder", [{"encoder": "tfidf", "min_score": 0.1}, {"encoder": "minilm", "min_score": 0.3}],
+                                   ids=["tfidf", "minilm"])
+
+
+@ENCODERS
+def test_retrieval_finds_the_kb_title(encoder):
+    retrieval = T.build_teacher("builtin:retrieval", {"seed": 0, "retrieval": encoder}, kb=kb_rows())
     broken = session(session_id=2, last_chat_message="my item arrived broken")
     nothing = session(session_id=3)
     out = retrieval.generate([broken, nothing], 2)
@@ -327,8 +334,9 @@ def test_retrieval_finds_the_kb_title():
     assert all("flash sale" not in q.lower() for q in retrieval.generate([flash], 3)[0])
 
 
-def test_retrieval_topics_are_the_categories_its_text_is_about():
-    retrieval = T.build_teacher("builtin:retrieval", {"seed": 0}, kb=kb_rows())
+@ENCODERS
+def test_retrieval_topics_are_the_categories_its_text_is_about(encoder):
+    retrieval = T.build_teacher("builtin:retrieval", {"seed": 0, "retrieval": encoder}, kb=kb_rows())
     broken = session(session_id=2, last_chat_message="my item arrived broken")
     charged = session(session_id=3, last_chat_message="I was charged twice for my order")
     nothing = session(session_id=4)
@@ -349,6 +357,40 @@ def test_retrieval_uses_the_kb_of_the_sessions_day():
     a, b = retrieval.generate([s1, s2], 1)
     assert all("damaged" not in q for q in a)  # not in day 1's KB
     assert "my item arrived damaged" in T.normalise(b[0])
+
+
+def test_sentence_encoder_reads_paraphrases_tfidf_misses():
+    """all-MiniLM-L6-v2 (the default encoder) matches what the user typed by meaning: TF-IDF sends
+    "cracked on arrival" to "cash on delivery" by its one shared word."""
+    texts = ["cracked on arrival", "return and refund request", "hi, tracking says lost please"]
+    sessions = [session(session_id=i, last_chat_message=m) for i, m in enumerate(texts)]
+    items_only = session(session_id=9, recent_items="Wireless Earbuds")
+    minilm = T.build_teacher("builtin:retrieval", {"retrieval": {"encoder": "minilm", "min_score": 0.3}}, kb=kb_rows())
+    assert minilm.topics(sessions + [items_only], 1) == [["product_seller"], ["returns_refunds"], ["logistics"], []]
+    assert "arrived damaged" in minilm.generate(sessions[:1], 1)[0][0]
+    tfidf = T.build_teacher("builtin:retrieval", {"retrieval": {"encoder": "tfidf"}}, kb=kb_rows())
+    assert tfidf.topics(sessions[:2], 1) == [["payment"], ["order_changes"]]
+
+
+def test_sentence_encoder_vectors_do_not_depend_on_the_batch():
+    from rgalign_core.text_encoder import SentenceEncoder
+
+    enc = SentenceEncoder.load("minilm", batch_size=2)
+    texts = ["where is my parcel", "my card was declined at checkout please help", "refund", "where is my parcel"]
+    vecs = enc.encode(texts)
+    assert vecs.shape == (4, 384) and abs(float((vecs ** 2).sum(1).max()) - 1.0) < 1e-5
+    alone = SentenceEncoder.load("minilm", batch_size=64).encode([texts[1]])
+    assert abs(vecs[1] - alone[0]).max() < 1e-5 and (vecs[0] == vecs[3]).all()
+
+
+def test_sentence_encoder_refuses_unknown_names_and_other_weights(monkeypatch, tmp_path):
+    from rgalign_core import text_encoder
+
+    with pytest.raises(StageError, match="expected 'tfidf', 'minilm' or a local"):
+        T.build_teacher("builtin:retrieval", {"retrieval": {"encoder": str(tmp_path / "nope")}}, kb=kb_rows())
+    monkeypatch.setattr(text_encoder, "MINILM_SHA256", "0" * 64)
+    with pytest.raises(StageError, match="not the official all-MiniLM-L6-v2"):
+        text_encoder.SentenceEncoder.load("minilm")
 
 
 def test_builtin_teachers_are_deterministic():
