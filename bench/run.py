@@ -3,6 +3,9 @@
 reasoner: bootstrap tokens/s on 1 and 2 DeepSpeed processes, encode sequences/s with
 length-sorted batches vs naive fixed-length padding on the same sessions, generation tokens/s.
 
+retrieval: the retrieval teacher's text topics with TF-IDF vs the sentence encoder: sessions/s,
+and how often the top KB category is the true need's, by the need's kind.
+
 alignment: RG-SFT tokens/s with length-bucketed batches vs random batches (cut to their longest
 row, or padded to the longest example).
 
@@ -204,6 +207,56 @@ def dag_wall_time(scale: str = "small") -> dict:
     return {"scale": scale, "wall_s": wall, "ok": proc.returncode == 0, "tasks": tasks}
 
 
+def _simulated_lake(name: str, scale: str = "small") -> Path:
+    """A fresh bench lake under bench/work/<name>/ with simulated logs, validated, features extracted."""
+    lake = WORK / name / "lake"
+    shutil.rmtree(WORK / name, ignore_errors=True)
+    for stage in ("simulate_logs", "validate_raw", "extract_features"):
+        print(f"[{name}] {stage}", flush=True)
+        _stage(stage, lake, {"sim.scale": scale})
+    return lake
+
+
+def retrieval_bench() -> dict:
+    """The retrieval teacher's text topics on every session of a small simulated lake (the 20 days
+    bootstrap_reasoner and teachers_generate read): sessions/s with each encoder, and how often the
+    top KB category is the session's true need's (the simulator's truth), by the need's kind."""
+    from jobs.evaluate import read_truth
+    from jobs.teachers_generate import kb_reader, read_sessions
+    from rgalign_core import config, teachers
+    from rgalign_core.lake import Lake
+    from rgalign_core.sim_world import NEEDS
+
+    lake = _simulated_lake("retrieval")
+    lk = Lake(str(lake))
+    days = sorted(dt.date.fromisoformat(p.name[3:]) for p in (lake / "features" / "sessions").glob("dt=*"))
+    by_day = read_sessions(lk, days)
+    rows = [r for d in days for r in by_day[d]]
+    need = read_truth(lk, "session_needs", days).set_index("session_id")["need"]
+    kind = np.array([NEEDS[need[r["session_id"]]][1] for r in rows])
+    category = np.array([NEEDS[need[r["session_id"]]][0] for r in rows])
+    default = config.load("teachers_generate")["teachers"]["retrieval"]
+    encoders = {"tfidf": {**default, "encoder": "tfidf", "min_score": 0.1}, default["encoder"]: default}
+    out = {"sessions": len(rows), "days": len(days), "default": default, "encoders": {}}
+    for name, settings in encoders.items():
+        kb = kb_reader(lk)
+        for d in days:  # the KB is read before the clock starts; the encoder's load is timed
+            kb(d)
+        t0 = time.time()
+        teacher = teachers.build_teacher("builtin:retrieval", {"retrieval": settings}, kb=kb)
+        top = np.array([t[0] if t else "" for t in teacher.topics(rows, 1)])
+        wall = time.time() - t0
+        x = {"settings": settings, "wall_s": wall, "sessions_per_s": len(rows) / wall, "by_kind": {}}
+        for k in ("text", "weak", "discrete", "noise"):
+            m = kind == k
+            x["by_kind"][k] = {"sessions": int(m.sum()), "with_topic": float((top[m] != "").mean()),
+                               "top_category_is_true_need": float((top[m] == category[m]).mean())}
+        out["encoders"][name] = x
+        print(f"[retrieval] {name}: {wall:.1f} s, text needs {x['by_kind']['text']['top_category_is_true_need']:.3f}", flush=True)
+    shutil.rmtree(WORK / "retrieval", ignore_errors=True)
+    return out
+
+
 def reasoner_bench(nprocs=(1, 2), steps: int = 60, n_sessions: int = 512) -> dict:
     """Bootstrap tokens/s by process count; encode with length-sorted batches vs naive fixed padding;
     generation tokens/s. On a small simulated lake built here."""
@@ -211,11 +264,7 @@ def reasoner_bench(nprocs=(1, 2), steps: int = 60, n_sessions: int = 512) -> dic
     from rgalign_core.lake import Lake
     from rgalign_core.reasoner import Reasoner
 
-    lake = WORK / "reasoner" / "lake"
-    shutil.rmtree(WORK / "reasoner", ignore_errors=True)
-    for stage in ("simulate_logs", "validate_raw", "extract_features"):
-        print(f"[reasoner] {stage}", flush=True)
-        _stage(stage, lake, {"sim.scale": "small"})
+    lake = _simulated_lake("reasoner")
     boot = {}
     for n in nprocs:
         print(f"[reasoner] bootstrap on {n} process(es)", flush=True)
@@ -459,6 +508,29 @@ def write_benchmarks_md() -> None:
                 f"**{x['encode_speedup']:.2f}×**; both give the same vectors (min cosine {x['encode_min_cosine_sorted_vs_naive']:.6f}).\n"
                 f"\n**Generation** (greedy, ≤ 24 new tokens, batch 64, length-sorted): {x['generate_seq_per_s']:,.1f} seq/s, "
                 f"{x['generate_tokens_per_s']:,.0f} new tokens/s.\n")
+        if r["name"] == "retrieval":
+            x = r["retrieval"]
+            enc = x["encoders"]
+            parts.append(
+                f"\n### Retrieval teacher: its text topics, by encoder\n\n`RetrievalTeacher.topics(sessions, 1)` over all "
+                f"{x['sessions']:,} sessions of a fresh `small` simulated lake ({x['days']} days, each day's KB), one process; "
+                "wall time includes building the index (and loading the sentence encoder). *Right* = the top KB "
+                "category is the category of the session's true need (the simulator's truth); *with topic* = the share "
+                "of sessions given one (score ≥ `min_score`).\n\n| encoder | min_score | sessions/s | wall s | "
+                + " | ".join(f"{k}: right / with topic" for k in ("text", "weak", "discrete", "noise")) + " |\n"
+                "|---|---:|---:|---:|---|---|---|---|\n")
+            for name, v in enc.items():
+                cells = [f"{v['by_kind'][k]['top_category_is_true_need']:.3f} / {v['by_kind'][k]['with_topic']:.2f}"
+                         for k in ("text", "weak", "discrete", "noise")]
+                parts.append(f"| {name} | {v['settings']['min_score']} | {v['sessions_per_s']:,.0f} | {v['wall_s']:.1f} | "
+                             + " | ".join(cells) + " |\n")
+            n = {k: v["by_kind"]["text"]["sessions"] for k, v in enc.items()}
+            if "tfidf" in enc and len(enc) > 1:
+                other = next(k for k in enc if k != "tfidf")
+                parts.append(f"\n{other} / tfidf time: **{enc[other]['wall_s'] / enc['tfidf']['wall_s']:.1f}×**; on the "
+                             f"{n['tfidf']:,} text-need sessions it names the right category "
+                             f"{enc[other]['by_kind']['text']['top_category_is_true_need']:.1%} of the time against "
+                             f"{enc['tfidf']['by_kind']['text']['top_category_is_true_need']:.1%}.\n")
         if r["name"] == "alignment":
             x = r["alignment"]
             parts.append(
@@ -525,7 +597,7 @@ def main(argv=None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scales", default="small,medium,large", help="simulator scales for the extraction benchmark")
     p.add_argument("--only-md", action="store_true", help="only regenerate BENCHMARKS.md from bench/results")
-    p.add_argument("--only", choices=["foundation", "reasoner", "rankers", "alignment", "dag"], help="run one benchmark (default: all)")
+    p.add_argument("--only", choices=["foundation", "reasoner", "retrieval", "rankers", "alignment", "dag"], help="run one benchmark (default: all)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -546,6 +618,10 @@ def main(argv=None) -> None:
             result = {"name": "dag", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                       "machine": machine(), "dag": dag_wall_time()}
             (RESULTS / "dag.json").write_text(json.dumps(result, indent=2, default=str))
+        if args.only in (None, "retrieval"):
+            result = {"name": "retrieval", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                      "machine": machine(), "retrieval": retrieval_bench()}
+            (RESULTS / "retrieval.json").write_text(json.dumps(result, indent=2, default=str))
         if args.only in (None, "alignment"):
             result = {"name": "alignment", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                       "machine": machine(), "alignment": alignment_bench()}

@@ -318,7 +318,6 @@ class RetrievalTeacher(Teacher):
         self.min_score = float(min_score)
         self.ngram_max = int(ngram_max)
         self.encoder = str(encoder)
-        self._sentence_encoder = None
         self._indexes: dict[object, tuple] = {}
         if self.encoder != "tfidf":
             from rgalign_core.text_encoder import resolve
@@ -326,7 +325,6 @@ class RetrievalTeacher(Teacher):
             resolve(self.encoder)  # a wrong name fails here, before any work
 
     def close(self) -> None:
-        self._sentence_encoder = None
         self._indexes.clear()
 
     def _index(self, day):
@@ -343,11 +341,9 @@ class RetrievalTeacher(Teacher):
                 matrix = vec.fit_transform([f"{r['title']} {r.get('answer') or ''}" for r in rows])
                 self._indexes[day] = (vec.transform, matrix, rows)
             else:
-                if self._sentence_encoder is None:
-                    from rgalign_core.text_encoder import SentenceEncoder
+                from rgalign_core import text_encoder
 
-                    self._sentence_encoder = SentenceEncoder.load(self.encoder)
-                encoder = self._sentence_encoder
+                encoder = text_encoder.shared(self.encoder)
                 # titles only: matched on title + answer, weak and discrete needs' topics were worse
                 self._indexes[day] = (encoder.encode, encoder.encode([r["title"] for r in rows]), rows)
         return self._indexes[day]

@@ -13,6 +13,7 @@ normalisation, as sentence-transformers does for MiniLM).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -92,3 +93,10 @@ class SentenceEncoder:
                     self._cache[text] = vec
         dim = self.model.config.hidden_size
         return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, dim), np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def shared(name: str) -> SentenceEncoder:
+    """One encoder (and one cache of encoded texts) per process for each name: bootstrap_reasoner's
+    topics and its corpus teacher run the same retrieval over the same sessions."""
+    return SentenceEncoder.load(name)
