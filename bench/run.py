@@ -217,6 +217,11 @@ def _simulated_lake(name: str, scale: str = "small") -> Path:
     return lake
 
 
+def _feature_days(lake: Path) -> list[dt.date]:
+    """The days a bench lake has features/sessions for, oldest first."""
+    return sorted(dt.date.fromisoformat(p.name[3:]) for p in (lake / "features" / "sessions").glob("dt=*"))
+
+
 def retrieval_bench() -> dict:
     """The retrieval teacher's text topics on every session of a small simulated lake (the 20 days
     bootstrap_reasoner and teachers_generate read): sessions/s with each encoder, and how often the
@@ -229,7 +234,7 @@ def retrieval_bench() -> dict:
 
     lake = _simulated_lake("retrieval")
     lk = Lake(str(lake))
-    days = sorted(dt.date.fromisoformat(p.name[3:]) for p in (lake / "features" / "sessions").glob("dt=*"))
+    days = _feature_days(lake)
     by_day = read_sessions(lk, days)
     rows = [r for d in days for r in by_day[d]]
     need = read_truth(lk, "session_needs", days).set_index("session_id")["need"]
@@ -272,7 +277,7 @@ def reasoner_bench(nprocs=(1, 2), steps: int = 60, n_sessions: int = 512) -> dic
         boot[n] = {"tokens_per_s": result["tokens_per_s"], "wall_s": wall, "final_loss": result["final_loss"]}
     lk = Lake(str(lake))
     reasoner = Reasoner.load(lk.partition("models", "reasoner", DS, key="ds"))
-    days = sorted(p.name[3:] for p in (lake / "features" / "sessions").glob("dt=*"))
+    days = _feature_days(lake)
     prompts = []
     for d in reversed(days):
         prompts += lk.read_partition(lk.partition("features", "sessions", d), "sessions")["prompt"].to_pylist()
@@ -316,13 +321,9 @@ def alignment_bench(steps: int = 40, global_batch: int = 32) -> dict:
     from rgalign_core.lake import Lake
     from rgalign_core.reasoner import build_tiny, train_tokenizer
 
-    lake = WORK / "alignment" / "lake"
-    shutil.rmtree(WORK / "alignment", ignore_errors=True)
-    for stage in ("simulate_logs", "validate_raw", "extract_features"):
-        print(f"[alignment] {stage}", flush=True)
-        _stage(stage, lake, {"sim.scale": "tiny"})
+    lake = _simulated_lake("alignment", "tiny")
     lk = Lake(str(lake))
-    days = [dt.date.fromisoformat(p.name[3:]) for p in sorted((lake / "features" / "sessions").glob("dt=*"))]
+    days = _feature_days(lake)
     rows = [r for day_rows in read_sessions(lk, days).values() for r in day_rows]
     cfg = config.load("rg_sft")
     rules = teachers.build("builtin:rules", cfg, kb=kb_reader(lk), seed=0)
@@ -524,11 +525,10 @@ def write_benchmarks_md() -> None:
                          for k in ("text", "weak", "discrete", "noise")]
                 parts.append(f"| {name} | {v['settings']['min_score']} | {v['sessions_per_s']:,.0f} | {v['wall_s']:.1f} | "
                              + " | ".join(cells) + " |\n")
-            n = {k: v["by_kind"]["text"]["sessions"] for k, v in enc.items()}
             if "tfidf" in enc and len(enc) > 1:
                 other = next(k for k in enc if k != "tfidf")
                 parts.append(f"\n{other} / tfidf time: **{enc[other]['wall_s'] / enc['tfidf']['wall_s']:.1f}×**; on the "
-                             f"{n['tfidf']:,} text-need sessions it names the right category "
+                             f"{enc['tfidf']['by_kind']['text']['sessions']:,} text-need sessions it names the right category "
                              f"{enc[other]['by_kind']['text']['top_category_is_true_need']:.1%} of the time against "
                              f"{enc['tfidf']['by_kind']['text']['top_category_is_true_need']:.1%}.\n")
         if r["name"] == "alignment":

