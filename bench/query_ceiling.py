@@ -32,6 +32,14 @@ of the 3-seed draws from those seeds (the same 3 for both models, as a DAG run u
 variant would clear 3 σ against the baseline: how often "> 3 σ over 3 seeds" holds, not once.
 
     python -m bench.query_ceiling --ds 2026-11-21 --variants base,oracle --set 'ranker.seeds=[0,1,2,3,4,5,6,7,8,9]' --name seeds10
+
+Each seed trains alone on one thread (``ranker.threads``), so on a machine with more cores, split the
+seeds over processes with their own ``--work`` and ``--name``, then merge the results files into one
+(the same lake, date, variants and overrides but for ``ranker.seeds``; seeds must not repeat):
+
+    python -m bench.query_ceiling --ds 2026-11-21 --variants base --set 'ranker.seeds=[0,1,2,3,4]' --work bench/work/qc_a --name a &
+    python -m bench.query_ceiling --ds 2026-11-21 --variants base --set 'ranker.seeds=[5,6,7,8,9]' --work bench/work/qc_b --name b &
+    wait; python -m bench.query_ceiling --merge query_ceiling_a query_ceiling_b --name seeds10
 """
 from __future__ import annotations
 
@@ -153,13 +161,46 @@ def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str],
             "variants": rows}
 
 
+def merge_results(parts: list[dict]) -> dict:
+    """One query_ceiling result from several runs that trained disjoint seeds on the same inputs: the
+    per-seed lists are concatenated (in the parts' order) and mean/std recomputed from them."""
+    import numpy as np
+
+    def same_inputs(x):
+        return (x["ds"], x["lake"], sorted(o for o in x["overrides"] if not o.startswith("ranker.seeds=")),
+                sorted(x["variants"]))
+    first = parts[0]
+    for x in parts[1:]:
+        if same_inputs(x) != same_inputs(first):
+            raise ValueError(f"cannot merge: {same_inputs(x)} differs from {same_inputs(first)} "
+                             "(ds, lake, overrides other than ranker.seeds, variants must match)")
+    seeds = [s for x in parts for s in x["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"cannot merge: seeds repeat across the parts ({seeds})")
+    variants = {}
+    for name, row in first["variants"].items():
+        merged = {}
+        for key in row:
+            if key.endswith("_seeds"):
+                merged[key] = [v for x in parts for v in x["variants"][name][key]]
+                stem = key[:-len("_seeds")]
+                merged[stem + "_mean"] = float(np.mean(merged[key]))
+                if stem + "_std" in row:
+                    merged[stem + "_std"] = float(np.std(merged[key], ddof=1))
+        merged["epochs_mean"] = float(np.average([x["variants"][name]["epochs_mean"] for x in parts],
+                                                 weights=[len(x["seeds"]) for x in parts]))
+        variants[name] = merged
+    overrides = [o for o in first["overrides"] if not o.startswith("ranker.seeds=")]
+    return {**first, "overrides": overrides + [f"ranker.seeds={seeds}"], "seeds": seeds, "variants": variants}
+
+
 def main(argv=None) -> None:
     from bench.run import RESULTS, machine, write_benchmarks_md
     from rgalign_core.stage import setup_logging
 
     p = argparse.ArgumentParser(prog="python -m bench.query_ceiling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ds", required=True, help="logical date whose DAG run's lake partitions are read")
+    p.add_argument("--ds", help="logical date whose DAG run's lake partitions are read")
     p.add_argument("--lake", default=str(ROOT / "lake"), help="the lake the DAG wrote (local path)")
     p.add_argument("--work", default=str(ROOT / "bench" / "work" / "query_ceiling"), help="scratch lake + MLflow store")
     p.add_argument("--name", default="", help="results go to bench/results/query_ceiling_<name>.json (default: query_ceiling.json)")
@@ -167,7 +208,23 @@ def main(argv=None) -> None:
                    help=f"comma-separated subset of {','.join(VARIANTS)} (baseline is always trained: z is against it)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, as on a job (e.g. sim.scale=medium, ranker.seeds=[0,1,2,3,4])")
+    p.add_argument("--merge", nargs="+", metavar="NAME",
+                   help="train nothing: merge bench/results/NAME.json files of disjoint seeds into --name")
     args = p.parse_args(argv)
+    name = f"query_ceiling_{args.name}" if args.name else "query_ceiling"
+    if args.merge:
+        parts = [json.loads((RESULTS / f"{n.removesuffix('.json')}.json").read_text()) for n in args.merge]
+        try:
+            merged = merge_results([x["query_ceiling"] for x in parts])
+        except ValueError as e:
+            p.error(str(e))
+        result = {"name": name, "date": max(x["date"] for x in parts), "machine": parts[0]["machine"],
+                  "merged_from": list(args.merge), "query_ceiling": merged}
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        write_benchmarks_md()
+        return
+    if not args.ds:
+        p.error("--ds is required (unless --merge)")
     variants = ["baseline"] + [v for v in args.variants.split(",") if v and v != "baseline"]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -176,7 +233,6 @@ def main(argv=None) -> None:
     setup_logging()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    name = f"query_ceiling_{args.name}" if args.name else "query_ceiling"
     result = {"name": name, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "query_ceiling": query_ceiling(dt.date.fromisoformat(args.ds), args.lake, work, args.overrides,
                                                         variants)}

@@ -10,3 +10,31 @@ def test_three_seed_power_counts_the_draws_that_clear_3_sigma():
     row = next(line for line in table.splitlines() if line.startswith("| candidate"))
     assert row == "| candidate | 25% | 0% | 0% | 0% | 0% |"
     assert "Over 4 draws of 3 of these 4 seeds" in table
+
+
+def _part(seeds, gauc, overrides=("sim.scale=medium",)):
+    row = {"test_gauc_seeds": gauc, "test_gauc_mean": sum(gauc) / len(gauc), "test_gauc_std": 0.0,
+           "valid_gauc_seeds": gauc, "valid_gauc_mean": 0.0, "epochs_mean": float(len(seeds))}
+    return {"ds": "2026-11-30", "lake": "/lake", "overrides": [*overrides, f"ranker.seeds={seeds}"], "seeds": seeds,
+            "variants": {"baseline": row, "base": {**row, "test_gauc_seeds": [g + 0.01 for g in gauc]}}}
+
+
+def test_merged_query_ceiling_runs_are_one_run_of_all_their_seeds():
+    import numpy as np
+    import pytest
+
+    from bench.query_ceiling import merge_results
+
+    merged = merge_results([_part([0, 1], [0.80, 0.82]), _part([2, 3, 4], [0.79, 0.81, 0.83])])
+    assert merged["seeds"] == [0, 1, 2, 3, 4]
+    assert merged["overrides"] == ["sim.scale=medium", "ranker.seeds=[0, 1, 2, 3, 4]"]
+    base = merged["variants"]["baseline"]
+    assert base["test_gauc_seeds"] == [0.80, 0.82, 0.79, 0.81, 0.83]
+    assert base["test_gauc_mean"] == pytest.approx(0.81)
+    assert base["test_gauc_std"] == pytest.approx(np.std([0.80, 0.82, 0.79, 0.81, 0.83], ddof=1))
+    assert base["epochs_mean"] == pytest.approx((2 * 2 + 3 * 3) / 5)  # weighted by each part's seeds
+    assert merged["variants"]["base"]["test_gauc_mean"] == pytest.approx(0.82)
+    with pytest.raises(ValueError, match="seeds repeat"):
+        merge_results([_part([0, 1], [0.8, 0.8]), _part([1, 2], [0.8, 0.8])])
+    with pytest.raises(ValueError, match="overrides other than ranker.seeds"):
+        merge_results([_part([0, 1], [0.8, 0.8]), _part([2, 3], [0.8, 0.8], overrides=("sim.scale=small",))])
