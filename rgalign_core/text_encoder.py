@@ -71,11 +71,15 @@ class SentenceEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         import torch
+        from tqdm import tqdm
 
         new = sorted({t for t in texts if t not in self._cache}, key=lambda t: (len(t), t))
         # length-sorted batches: little padding, and the same batches for the same texts
+        starts = range(0, len(new), self.batch_size)
         with torch.inference_mode():
-            for i in range(0, len(new), self.batch_size):
+            # a bar only for real work (a day of sessions), not for the KB's few titles
+            for i in tqdm(starts, desc=f"encode texts ({self.name})", unit="batch", mininterval=2,
+                          disable=len(starts) < 20):
                 chunk = new[i:i + self.batch_size]
                 batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
                                        return_tensors="pt")
