@@ -161,14 +161,17 @@ def query_ceiling(ds: dt.date, lake_root: str, work: Path, overrides: list[str],
             "variants": rows}
 
 
+def _overrides_but_seeds(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if not o.startswith("ranker.seeds=")]
+
+
 def merge_results(parts: list[dict]) -> dict:
     """One query_ceiling result from several runs that trained disjoint seeds on the same inputs: the
     per-seed lists are concatenated (in the parts' order) and mean/std recomputed from them."""
     import numpy as np
 
     def same_inputs(x):
-        return (x["ds"], x["lake"], sorted(o for o in x["overrides"] if not o.startswith("ranker.seeds=")),
-                sorted(x["variants"]))
+        return x["ds"], x["lake"], sorted(_overrides_but_seeds(x["overrides"])), sorted(x["variants"])
     first = parts[0]
     for x in parts[1:]:
         if same_inputs(x) != same_inputs(first):
@@ -190,13 +193,11 @@ def merge_results(parts: list[dict]) -> dict:
         merged["epochs_mean"] = float(np.average([x["variants"][name]["epochs_mean"] for x in parts],
                                                  weights=[len(x["seeds"]) for x in parts]))
         variants[name] = merged
-    overrides = [o for o in first["overrides"] if not o.startswith("ranker.seeds=")]
-    return {**first, "overrides": overrides + [f"ranker.seeds={seeds}"], "seeds": seeds, "variants": variants}
+    return {**first, "overrides": _overrides_but_seeds(first["overrides"]) + [f"ranker.seeds={seeds}"], "seeds": seeds, "variants": variants}
 
 
 def main(argv=None) -> None:
     from bench.run import RESULTS, machine, write_benchmarks_md
-    from rgalign_core.stage import setup_logging
 
     p = argparse.ArgumentParser(prog="python -m bench.query_ceiling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,9 +221,18 @@ def main(argv=None) -> None:
             p.error(str(e))
         result = {"name": name, "date": max(x["date"] for x in parts), "machine": parts[0]["machine"],
                   "merged_from": list(args.merge), "query_ceiling": merged}
-        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
-        write_benchmarks_md()
-        return
+    else:
+        result = {"name": name, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  "machine": machine(), "query_ceiling": train_from_args(p, args)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+    write_benchmarks_md()
+
+
+def train_from_args(p: argparse.ArgumentParser, args) -> dict:
+    """query_ceiling() for the command line's --ds, --lake, --work, --variants and --set."""
+    from rgalign_core.stage import setup_logging
+
     if not args.ds:
         p.error("--ds is required (unless --merge)")
     variants = ["baseline"] + [v for v in args.variants.split(",") if v and v != "baseline"]
@@ -233,12 +243,7 @@ def main(argv=None) -> None:
     setup_logging()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    result = {"name": name, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine(), "query_ceiling": query_ceiling(dt.date.fromisoformat(args.ds), args.lake, work, args.overrides,
-                                                        variants)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
-    write_benchmarks_md()
+    return query_ceiling(dt.date.fromisoformat(args.ds), args.lake, work, args.overrides, variants)
 
 
 if __name__ == "__main__":
