@@ -58,7 +58,7 @@ def write_query_variants(source, scratch, days) -> None:
     encode_queries' schema."""
     import numpy as np
 
-    from jobs.encode_queries import queries_table
+    from rgalign_core.reasoner import queries_table
     from rgalign_core.sim_world import NEEDS
     from jobs.teachers_generate import kb_reader, read_sessions
     from rgalign_core import config

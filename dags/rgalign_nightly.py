@@ -30,8 +30,9 @@ DOC_MD = """
 
 Every night: logs → validated tables → point-in-time features (Spark) → the reasoner LLM
 (bootstrap with DeepSpeed, teachers' candidate queries, latent-query embeddings) → rankers
-(two-tower baseline, QE-Rec) → reward model's best-of-N → evaluation (later: alignment, publish). Each task is one job in `jobs/`, each
-recorded as an MLflow child run under one parent run per DAG run.
+(two-tower baseline, QE-Rec) → reward model's best-of-N → alignment (RG-SFT, DPO, RG-CL, the
+calibration loop) → evaluation → publish (model registry gate, top-K per user for serving). Each
+task is one job in `jobs/`, each recorded as an MLflow child run under one parent run per DAG run.
 
 | task | job | writes (under the lake root) |
 |---|---|---|
@@ -50,6 +51,7 @@ recorded as an MLflow child run under one parent run per DAG run.
 | `rg_cl` | `jobs/rg_cl.py` (DeepSpeed) | `models/reasoner_cl/ds=…`, `queries/cl/dt=…`, `models/qe_rec_cl/ds=…` |
 | `calibrate` | `jobs/calibrate.py` | per round `models/reasoner_cal<r>`, `queries/cal<r>`, `models/qe_rec_cal<r>`; `models/qe_rec_calibrated/ds=…` |
 | `evaluate` | `jobs/evaluate.py` | ablation table + plots on the parent MLflow run |
+| `publish` | `jobs/publish.py` | registry version of `rgalign-qe-rec` (aliases `challenger`, `champion`), `serving/topk/dt=…` |
 
 **Rerun one stage** for a date (inputs are found from the date, never from XComs):
 
@@ -121,13 +123,14 @@ def rgalign_nightly():
     cl = job("rg_cl", pool=HEAVY_POOL)
     calibrate = job("calibrate", pool=HEAVY_POOL)
     evaluate = job("evaluate")
+    publish = job("publish", pool=HEAVY_POOL)
 
     choose_source() >> [simulate, validate]
     simulate >> validate >> features >> [bootstrap, baseline]
     bootstrap >> [teachers, encode]
     encode >> qe_rec
     [qe_rec, teachers] >> reward >> sft >> dpo >> cl >> calibrate
-    [baseline, calibrate] >> evaluate
+    [baseline, calibrate] >> evaluate >> publish
 
 
 rgalign_nightly()

@@ -33,7 +33,7 @@ def run(ctx: stage.Context) -> dict:
 def encode(ctx: stage.Context, model_path: str, variant: str, metric_prefix: str = "") -> dict:
     """Queries and embeddings of every sample-window session by the reasoner at ``model_path``,
     into ``queries/<variant>/dt=``; the alignment stages call it for their reasoner versions."""
-    from rgalign_core.reasoner import Reasoner, model_version
+    from rgalign_core.reasoner import Reasoner, model_version, queries_table
 
     cfg, lake = ctx.cfg, ctx.lake
     ecfg = cfg["encode"]
@@ -89,19 +89,6 @@ def encode(ctx: stage.Context, model_path: str, variant: str, metric_prefix: str
         "empty_queries": sum(1 for q in written if not q),
     }
     return {f"{metric_prefix}{k}": v for k, v in result.items()}
-
-
-def queries_table(session_ids, queries: list[str], emb, version: str):
-    """The ``queries/<variant>`` schema: session_id, latent_query, embedding (fixed-size float32
-    list, one row of ``emb`` per session) and reasoner_version."""
-    import pyarrow as pa
-
-    return pa.table({
-        "session_id": session_ids,
-        "latent_query": pa.array(queries, type=pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), type=pa.float32()), emb.shape[1]),
-        "reasoner_version": pa.array([version] * len(queries), type=pa.string()),
-    })
 
 
 def main(argv=None):

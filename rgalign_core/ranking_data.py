@@ -1,10 +1,11 @@
 """Ranker inputs as tensors: one row per session, its shown intents along a second axis.
 
-``load(lake, days, kb_day, query_variant)`` reads ``features/samples/dt=…`` (and, for QE-Rec,
+``load(lake, days, kb_rows, query_variant)`` reads ``features/samples/dt=…`` (and, for QE-Rec,
 ``queries/<variant>/dt=…``) and returns a ``RankData`` whose tensors are sliced by session index
 in training (no per-row Dataset). Vocabularies come from the data contract's enums and the KB
 snapshot of the logical date, so train, valid and test share them and a cold-start intent has an
-id slot (untrained) and, more usefully, its category and title words.
+id slot (untrained) and, more usefully, its category and title words. ``from_frame`` builds a
+RankData from rows in the samples schema that come from elsewhere (serving: every KB intent).
 """
 from __future__ import annotations
 
@@ -95,20 +96,42 @@ class RankData:
         }
 
 
-def load(lake, days: list[dt.date], kb_rows: list[dict], query_variant: str | None = None, vocab: Vocab | None = None) -> RankData:
+def read_samples(lake, days: list[dt.date]):
+    """``features/samples`` of ``days`` as one pandas frame with a ``day`` column."""
     import pandas as pd
-    import pyarrow as pa
-    import torch
 
     parts = []
     for d in days:
         t = lake.read_partition(lake.partition("features", "samples", d), "features.samples").to_pandas()
         t["day"] = np.datetime64(d, "D")
         parts.append(t)
-    df = pd.concat(parts, ignore_index=True).sort_values(["session_id", "position"], kind="stable")
+    df = pd.concat(parts, ignore_index=True)
     if df.empty:
         raise ValueError(f"no samples in features/samples for {days[0]}..{days[-1]}")
-    vocab = vocab or Vocab.from_kb(kb_rows)
+    return df
+
+
+def read_queries(lake, variant: str, days: list[dt.date]):
+    """``session_id, embedding`` of ``queries/<variant>`` over ``days``, as one pyarrow table."""
+    import pyarrow as pa
+
+    return pa.concat_tables([lake.read_partition(lake.partition("queries", variant, d), f"queries.{variant}",
+                                                 columns=["session_id", "embedding"]) for d in days])
+
+
+def load(lake, days: list[dt.date], kb_rows: list[dict], query_variant: str | None = None, vocab: Vocab | None = None) -> RankData:
+    """``features/samples`` of ``days`` (and ``queries/<query_variant>`` for QE-Rec) as a RankData."""
+    queries = read_queries(lake, query_variant, days) if query_variant else None
+    return from_frame(read_samples(lake, days), vocab or Vocab.from_kb(kb_rows), queries, f"queries/{query_variant}")
+
+
+def from_frame(df, vocab: Vocab, queries=None, queries_name: str = "the queries") -> RankData:
+    """Rows in the ``features/samples`` schema plus a ``day`` column (one per session and intent:
+    the shown ones for training, every KB intent for serving) as a RankData; ``queries``: a table
+    of ``session_id, embedding`` with a row for every session (QE-Rec), or None (two-tower)."""
+    import torch
+
+    df = df.sort_values(["session_id", "position"], kind="stable")
     sess = df.drop_duplicates("session_id")
     S = len(sess)
     sid_index = {s: i for i, s in enumerate(sess.session_id.to_numpy())}
@@ -149,16 +172,14 @@ def load(lake, days: list[dt.date], kb_rows: list[dict], query_variant: str | No
         "mask": torch.from_numpy(grid(np.ones(len(df), bool), False, bool)),
     }
     query_dim = 0
-    if query_variant:
-        qparts = [lake.read_partition(lake.partition("queries", query_variant, d), f"queries.{query_variant}",
-                                      columns=["session_id", "embedding"]) for d in days]
-        q = pa.concat_tables(qparts)
+    if queries is not None:
+        q = queries
         query_dim = q.schema.field("embedding").type.list_size
         emb = q["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, query_dim)
         pos = {s: i for i, s in enumerate(q["session_id"].to_pylist())}
         missing_q = [s for s in sid_index if s not in pos]
         if missing_q:
-            raise ValueError(f"{len(missing_q)} sessions have no latent-query embedding in queries/{query_variant} "
+            raise ValueError(f"{len(missing_q)} sessions have no latent-query embedding in {queries_name} "
                              f"(e.g. {missing_q[:3]}); rerun encode_queries for this date")
         tensors["query"] = torch.from_numpy(emb[[pos[s] for s in sess.session_id.to_numpy()]].astype(np.float32))
     return RankData(

@@ -201,3 +201,16 @@ def last_token_pool(hidden, mask):
     t = mask.shape[1]
     last = t - 1 - torch.argmax(mask.flip(1).long(), dim=1)  # index of the last 1 in each row
     return hidden[torch.arange(hidden.shape[0]), last]
+
+
+def queries_table(session_ids, queries: list[str], emb, version: str):
+    """The ``queries/<variant>`` schema: session_id, latent_query, embedding (fixed-size float32
+    list, one row of ``emb`` per session) and reasoner_version."""
+    import pyarrow as pa
+
+    return pa.table({
+        "session_id": session_ids,
+        "latent_query": pa.array(queries, type=pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), type=pa.float32()), emb.shape[1]),
+        "reasoner_version": pa.array([version] * len(queries), type=pa.string()),
+    })

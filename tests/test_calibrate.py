@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jobs import calibrate
+from rgalign_core import calibration as calibrate
 from rgalign_core import metrics
 from rgalign_core.ds_trainer import bucketed_permutation
 

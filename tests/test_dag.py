@@ -14,7 +14,10 @@ DS = "2026-11-21"
 # Keep the reasoner's training short in tests; the default trains for train.steps in its config.
 FAST = ["train.steps=20", "train.log_every=5", "ranker.seeds=[0, 1]", "ranker.epochs=2",
         "rg_sft.train.steps=8", "rg_dpo.train.steps=8", "rg_cl.train.steps=8", "calibrate.cl_steps=4",
-        "calibrate.finetune_epochs=1", "rg_sft.train.log_every=2", "rg_dpo.train.log_every=2", "rg_cl.train.log_every=2"]
+        "calibrate.finetune_epochs=1", "rg_sft.train.log_every=2", "rg_dpo.train.log_every=2", "rg_cl.train.log_every=2",
+        # 2-epoch rankers on the tiny world: the query does not help yet, and the gate's baseline check
+        # would (rightly) stop publish; its checks are tested in test_publish.py
+        "publish.gate.min_gain_over_baseline=-1"]
 HEAVY = ("torch", "pyspark", "deepspeed", "transformers", "mlflow", "pandas", "pyarrow", "sklearn")
 
 
@@ -41,12 +44,12 @@ print(json.dumps({{
     assert info["errors"] == {}
     assert info["heavy"] == []
     assert info["tasks"] == ["bootstrap_reasoner", "calibrate", "choose_source", "encode_queries", "evaluate",
-                             "extract_features", "reward_select", "rg_cl", "rg_dpo", "rg_sft", "simulate_logs",
+                             "extract_features", "publish", "reward_select", "rg_cl", "rg_dpo", "rg_sft", "simulate_logs",
                              "teachers_generate", "train_baseline", "train_qe_rec", "validate_raw"]
     assert info["edges"] == [["bootstrap_reasoner", "encode_queries"], ["bootstrap_reasoner", "teachers_generate"],
                              ["calibrate", "evaluate"],
                              ["choose_source", "simulate_logs"], ["choose_source", "validate_raw"],
-                             ["encode_queries", "train_qe_rec"],
+                             ["encode_queries", "train_qe_rec"], ["evaluate", "publish"],
                              ["extract_features", "bootstrap_reasoner"], ["extract_features", "train_baseline"],
                              ["reward_select", "rg_sft"], ["rg_cl", "calibrate"], ["rg_dpo", "rg_cl"], ["rg_sft", "rg_dpo"],
                              ["simulate_logs", "validate_raw"], ["teachers_generate", "reward_select"],
@@ -56,7 +59,7 @@ print(json.dumps({{
     assert all(r >= 2 for r in info["retries"].values())
     assert {t for t, p in info["pools"].items() if p == "rgalign_heavy"} == {
         "extract_features", "bootstrap_reasoner", "encode_queries", "train_baseline", "train_qe_rec", "reward_select",
-        "rg_sft", "rg_dpo", "rg_cl", "calibrate"}
+        "rg_sft", "rg_dpo", "rg_cl", "calibrate", "publish"}
     assert "rgalign" in info["tags"] and info["catchup"] is False and info["doc"]
 
 
@@ -97,7 +100,7 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
     children = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert set(children) == {"simulate_logs", "validate_raw", "extract_features", "bootstrap_reasoner",
                              "teachers_generate", "encode_queries", "train_baseline", "train_qe_rec", "reward_select",
-                             "rg_sft", "rg_dpo", "rg_cl", "calibrate", "evaluate"}
+                             "rg_sft", "rg_dpo", "rg_cl", "calibrate", "evaluate", "publish"}
     assert all(r.info.status == "FINISHED" for r in children.values())
     extract = children["extract_features"]
     assert extract.data.metrics["samples"] == report["samples"]
@@ -135,6 +138,47 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
     ablation = mlflow.MlflowClient().download_artifacts(parents[0].info.run_id, "evaluation/ablation.md")
     text = Path(ablation).read_text()
     assert all(v in text for v in ("+ RG-SFT", "+ DPO", "+ RG-CL", "+ calibration loop", "oracle"))
+    # publish: the first night's model is the champion, and top-K rows for every active user
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("rgalign-qe-rec", "champion")
+    assert champion.version == "1" and champion.tags["gate"] == "passed" and champion.tags["ds"] == DS
+    assert client.get_model_version_by_alias("rgalign-qe-rec", "challenger").version == "1"
+    pub = children["publish"].data.metrics
+    assert pub["promoted"] == 1 and pub["served_version"] == 1 and pub["users"] > 10
+    import pandas as pd
+
+    topk = pd.read_parquet(lake / "serving" / "topk" / f"dt={DS}")
+    assert len(topk) == 3 * pub["users"] == pub["topk_rows"] and topk.groupby("user_id")["rank"].apply(list).map(sorted).eq([1, 2, 3]).all()
+    assert (topk.model_version == 1).all() and topk.prob.between(0, 1).all()
+
+
+def test_the_registered_champion_serves_from_the_registry_alone(dag_run, tmp_path):
+    """A host with only the MLflow registry (no lake, no project on PYTHONPATH) loads the champion and
+    ranks sessions as the serving table does."""
+    proc, env = dag_run
+    assert proc.returncode == 0
+    lake = env["work"] / "lake"
+    code = f"""
+import glob, json, sys
+import mlflow, pandas as pd
+mlflow.set_tracking_uri({env['env']['MLFLOW_TRACKING_URI']!r})
+model = mlflow.pyfunc.load_model("models:/rgalign-qe-rec@champion")
+served = pd.read_parquet({str(lake / 'serving' / 'topk' / f'dt={DS}')!r})
+sessions = pd.read_parquet({str(lake / 'features' / 'sessions' / f'dt={DS}')!r})
+sessions = sessions[sessions.session_id.isin(served.session_id)].head(8)
+out = model.predict(sessions, params={{"k": 3}})
+j = out.merge(served, on=["session_id", "rank"], suffixes=("", "_served"))
+import rgalign_core
+print(json.dumps({{"rows": len(out), "joined": len(j), "same_intent": float((j.intent_id == j.intent_id_served).mean()),
+                  "max_prob_gap": float((j.prob - j.prob_served).abs().max()), "code": rgalign_core.__file__}}))
+"""
+    run_env = {k: v for k, v in env["env"].items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["rows"] == info["joined"] == 3 * 8
+    assert info["same_intent"] == 1.0 and info["max_prob_gap"] < 1e-5
+    assert str(PROJECT_ROOT) not in info["code"]  # the registry's copy of the code, not this checkout
 
 
 def _weights(root: Path) -> dict[str, str]:
@@ -156,6 +200,7 @@ def _markers(lake: Path, area: str, table: str, key: str = "dt") -> dict[str, st
     ("rg_dpo", "models", "reasoner_dpo", "ds"),
     ("rg_cl", "models", "reasoner_cl", "ds"),
     ("calibrate", "models", "qe_rec_calibrated", "ds"),
+    ("publish", "serving", "topk", "dt"),
 ])
 def test_tasks_test_reruns_one_stage_alone(dag_run, task, area, table, key):
     """`airflow tasks test` has no upstream XComs: the task finds its inputs from the date."""
@@ -192,3 +237,10 @@ def test_lake_source_skips_the_simulator(dag_run, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert not (new_lake / "raw").exists()  # nothing simulated into the new lake
     assert len(_complete(new_lake, "features", "samples")) == 20
+    # the second night's publish (same MLflow store) is gated against the first night's champion,
+    # which it loads from the registry and scores with its own reasoner
+    runs = [r for r in _mlflow_runs(env["work"]) if r.data.tags.get("stage") == "publish"]
+    assert len(runs) >= 2
+    latest = max(runs, key=lambda r: r.info.start_time)
+    assert "champion/gauc" in latest.data.metrics and latest.data.metrics["model_version"] >= 2
+    assert len(_complete(new_lake, "serving", "topk")) == 1

@@ -1,0 +1,60 @@
+"""publish's pieces on hand fixtures: the gate's checks and the serving candidates. The job itself
+runs in the DAG tests (tests/test_dag.py), on the real registry."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from jobs.publish import gate, latest_session_per_user, serving_requirements
+from rgalign_core.serving import candidates
+
+GATE = {"min_gain_over_baseline": 0.0, "min_gain_over_champion": 0.002, "max_ece": 0.05}
+
+
+def fig(gauc, ece=0.01):
+    return {"gauc": gauc, "ece": ece}
+
+
+def test_gate_passes_only_when_every_check_does():
+    ok, checks = gate(fig(0.80), fig(0.80), fig(0.78), fig(0.79), GATE, "2026-11-21", "2026-11-20")
+    assert ok and [c["passed"] for c in checks] == [True, True, True, True]
+    assert checks[1]["value"] == pytest.approx(0.01)
+    # within the champion's margin: rejected on that check alone
+    ok, checks = gate(fig(0.791), fig(0.80), fig(0.78), fig(0.79), GATE, "2026-11-21", "2026-11-20")
+    assert not ok and [c["check"] for c in checks if not c["passed"]] == ["GAUC gain over the champion"]
+    # first night, no champion: the seed is fine but the model loses to the baseline over its seeds
+    ok, checks = gate(fig(0.80), fig(0.77), fig(0.78), None, GATE)
+    assert not ok and len(checks) == 2 and not checks[0]["passed"]
+    ok, _ = gate(fig(0.80, ece=0.08), fig(0.80), fig(0.78), None, GATE)
+    assert not ok
+    ok, _ = gate(fig(0.80), fig(0.80), fig(0.78), None, GATE)
+    assert ok
+
+
+def test_gate_never_hands_the_alias_back_to_an_older_date():
+    ok, checks = gate(fig(0.85), fig(0.85), fig(0.78), fig(0.79), GATE, "2026-11-20", "2026-11-21")
+    assert not ok and not checks[-1]["passed"] and "2026-11-21" in checks[-1]["check"]
+
+
+def test_candidates_cross_every_session_with_the_intents_that_existed_that_day():
+    sessions = pd.DataFrame({"session_id": [1, 2], "user_id": [10, 11], "session_time": pd.to_datetime(["2026-11-20 23:59", "2026-11-21 00:01"]),
+                             "prompt": ["a", "b"], "region": ["SG", "MY"], "tenure_days": [5, 9]})
+    kb = pd.DataFrame({"intent_id": [7, 8, 9], "category": ["payment", "logistics", "account"],
+                       "title": ["x", "y", "z"], "created_date": [dt.date(2026, 11, 1), dt.date(2026, 11, 20), dt.date(2026, 11, 21)],
+                       "active": [True, True, True]})
+    grid = candidates(sessions, kb)
+    assert sorted(zip(grid.session_id, grid.intent_id)) == [(1, 7), (1, 8), (2, 7), (2, 8), (2, 9)]  # 9 is new on the 21st
+    assert "prompt" not in grid and set(grid.position) == {0} and set(grid.clicked) == {0}
+    ages = dict(zip(zip(grid.session_id, grid.intent_id), grid.intent_age_days))
+    assert ages[(1, 7)] == 19 and ages[(2, 8)] == 1 and ages[(2, 9)] == 0
+    assert grid.loc[grid.session_id == 2, "tenure_days"].eq(9).all()
+
+
+def test_latest_session_per_user_and_serving_pins():
+    s = pd.DataFrame({"user_id": [1, 1, 2], "session_id": [5, 6, 7],
+                      "session_time": pd.to_datetime(["2026-11-21 09:00", "2026-11-21 08:00", "2026-11-20 10:00"])})
+    assert sorted(latest_session_per_user(s).session_id) == [5, 7]
+    pins = serving_requirements()
+    assert any(p.startswith("torch==") for p in pins) and not any(p.startswith(("apache-airflow", "pyspark")) for p in pins)
