@@ -4,11 +4,13 @@
    reasoner it reads and the day's KB (``rgalign_core/serving.py``), log it as an MLflow pyfunc
    model and register it as a version of ``publish.registered_model`` with the alias
    ``challenger``. The version's tags and description carry the gate's figures.
-2. Score the test window's shown intents with the challenger (its queries from the lake), the
-   baseline two-tower of the same seed, and the current ``champion`` version loaded from the
-   registry (its own reasoner writes the queries). The challenger becomes champion when it beats
-   both by the gate's margins in GAUC and its ECE is within ``gate.max_ece``; a rejected
-   challenger keeps its version and the ``challenger`` alias for inspection.
+2. Score the test window's shown intents with the challenger (its queries from the lake) and the
+   current ``champion`` version loaded from the registry (its own reasoner writes the queries; it
+   runs on this checkout's code, already imported, not the copy registered with it). The
+   challenger becomes champion when its model (mean over seeds) does not lose GAUC to the
+   two-tower's, it beats the champion by ``gate.min_gain_over_champion`` and its ECE is within
+   ``gate.max_ece``; a rejected challenger keeps its version and the ``challenger`` alias for
+   inspection.
 3. Write ``serving/topk/dt=<ds>/``: for every user with a session in the last
    ``publish.active_days`` days, the ``publish.top_k`` KB questions the champion ranks first from
    that user's latest session, with the calibrated probability, the latent query and the model
@@ -89,6 +91,8 @@ def run(ctx: stage.Context) -> dict:
     seed, k, name = int(pcfg["model_seed"]), int(pcfg["top_k"]), pcfg["registered_model"]
     w = ctx.windows()
     test_days = w["test"]
+    if not 1 <= int(pcfg["active_days"]) <= len(test_days):
+        raise stage.StageError(f"publish.active_days={pcfg['active_days']}: must be 1..{len(test_days)} (windows.test_days)")
     serve_days = test_days[-int(pcfg["active_days"]):]
     ranker_root = lake.partition("models", pcfg["model"], ctx.ds, key="ds")
     baseline_root = lake.partition("models", pcfg["baseline"], ctx.ds, key="ds")
@@ -124,8 +128,7 @@ def run(ctx: stage.Context) -> dict:
     samples = ranking_data.read_samples(lake, test_days)
     sessions = pd.concat([lake.read_partition(lake.partition("features", "sessions", d), "features.sessions").to_pandas()
                           for d in test_days], ignore_index=True)
-    lake_queries = pa.concat_tables([lake.read_partition(lake.partition("queries", variant, d), f"queries.{variant}",
-                                                         columns=["session_id", "latent_query", "embedding"]) for d in test_days])
+    lake_queries = ranking_data.read_queries(lake, variant, test_days, ("session_id", "latent_query", "embedding"))
     kb = lake.read_partition(kb_path, "validated.kb_intents")
     work = Path(tempfile.mkdtemp(prefix="rgalign-publish-"))
     try:
@@ -176,32 +179,40 @@ def run(ctx: stage.Context) -> dict:
                 artifacts={"bundle": str(bundle_dir)}, code_paths=[str(PROJECT_ROOT / "rgalign_core")],
                 signature=signature, pip_requirements=serving_requirements())
             version = mlflow.register_model(info.model_uri, name, tags={FINGERPRINT_TAG: model_fp, "ds": ctx.ds_str})
-        tags = {"ds": ctx.ds_str, "seed": str(seed), "query_variant": variant, "gate": "passed" if promote else "rejected",
-                **{f"{who}.{m}": f"{figures[who][m]:.4f}" for who in figures for m in ("gauc", "recall_at_3", "ece")}}
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version.version, key, value)
-        client.update_model_version(name, version.version, description=table)
-        client.set_registered_model_alias(name, "challenger", version.version)
-        if promote and not same_as_champion:
-            if champion_version is not None:
-                client.set_model_version_tag(name, version.version, "replaced_version", champion_version.version)
-            client.set_registered_model_alias(name, "champion", version.version)
-            log.info("%s version %s is the champion", name, version.version)
         served_version, serving = (version.version, challenger) if promote else (
             (champion_version.version, champion_bundle) if champion_bundle is not None else (None, None))
+
+        # ---- top-K per active user, from the serving model (before any alias moves)
+        topk = None
+        if serving is not None:
+            active = latest_session_per_user(sessions[pd.to_datetime(sessions["session_time"]).dt.date.isin(serve_days)])
+            own = serving is challenger
+            topk = serving.top_k(active, k, queries=lake_queries if own else None, batch_size=int(pcfg["batch_size"]), progress=not own)
+            topk["model_version"] = int(served_version)
+            topk["ds"] = ctx.ds
+
+        # ---- the version's record and the aliases; a rerun of a date older than the champion's
+        # leaves an existing version's record and both aliases as they are
+        older = bool(champion_ds) and ctx.ds_str < champion_ds
+        if not (older and mine):
+            tags = {"ds": ctx.ds_str, "seed": str(seed), "query_variant": variant, "gate": "passed" if promote else "rejected",
+                    **{f"{who}.{m}": f"{figures[who][m]:.4f}" for who in figures for m in ("gauc", "recall_at_3", "ece")}}
+            for key, value in tags.items():
+                client.set_model_version_tag(name, version.version, key, value)
+            client.update_model_version(name, version.version, description=table)
+        if not older:
+            client.set_registered_model_alias(name, "challenger", version.version)
+        if promote and not same_as_champion:
+            if champion_version is not None:
+                client.set_model_version_tag(name, version.version, "replaced_version", str(champion_version.version))
+            client.set_registered_model_alias(name, "champion", version.version)
+            log.info("%s version %s is the champion", name, version.version)
         if serving is None:
             raise stage.StageError(f"the challenger ({name} version {version.version}) failed the gate and there is no "
                                    f"champion to serve: nothing published for {ctx.ds}.\n{table}")
-
-        # ---- top-K per active user, from the serving model
-        active = latest_session_per_user(sessions[pd.to_datetime(sessions["session_time"]).dt.date.isin(serve_days)])
-        own = serving is challenger
-        topk = serving.top_k(active, k, queries=lake_queries if own else None, batch_size=int(pcfg["batch_size"]), progress=not own)
-        topk["model_version"] = int(served_version)
-        topk["ds"] = ctx.ds
-        served = pa.Table.from_pandas(topk, preserve_index=False)
-        lake.write_table(out, served, {"fingerprint": fp, "model_version": int(served_version), "promoted": bool(promote),
-                                       "registered_version": int(version.version), "users": int(active["user_id"].nunique())})
+        lake.write_table(out, pa.Table.from_pandas(topk, preserve_index=False),
+                         {"fingerprint": fp, "model_version": int(served_version), "promoted": bool(promote),
+                          "registered_version": int(version.version), "users": int(active["user_id"].nunique())})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -242,7 +253,10 @@ def _check_reproduces(scored, ranker_root: str, seed: int) -> None:
     saved = saved[saved["seed"] == seed].set_index(["session_id", "intent_id"])
     col = "prob" if "prob" in saved.columns else "score"
     mine = scored.set_index(["session_id", "intent_id"])[col].reindex(saved.index).to_numpy(np.float64)
-    gap = float(np.nanmax(np.abs(mine - saved[col].to_numpy(np.float64)))) if len(saved) else float("nan")
+    if not len(saved) or np.isnan(mine).any():
+        raise stage.StageError(f"the bundle scored {int((~np.isnan(mine)).sum())} of the {len(saved)} test impressions in "
+                               f"{ranker_root}/test_predictions.parquet (seed {seed})")
+    gap = float(np.max(np.abs(mine - saved[col].to_numpy(np.float64))))
     if not np.isfinite(gap) or gap > 1e-4:
         raise stage.StageError(f"the bundle's {col} on the test window differs from {ranker_root}/test_predictions.parquet "
                                f"(seed {seed}) by up to {gap:.2g}: the bundle does not reproduce the ranker it packs")

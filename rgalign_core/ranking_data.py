@@ -111,18 +111,19 @@ def read_samples(lake, days: list[dt.date]):
     return df
 
 
-def read_queries(lake, variant: str, days: list[dt.date]):
-    """``session_id, embedding`` of ``queries/<variant>`` over ``days``, as one pyarrow table."""
+def read_queries(lake, variant: str, days: list[dt.date], columns=("session_id", "embedding")):
+    """``queries/<variant>`` over ``days`` (``columns`` of it), as one pyarrow table."""
     import pyarrow as pa
 
     return pa.concat_tables([lake.read_partition(lake.partition("queries", variant, d), f"queries.{variant}",
-                                                 columns=["session_id", "embedding"]) for d in days])
+                                                 columns=list(columns)) for d in days])
 
 
 def load(lake, days: list[dt.date], kb_rows: list[dict], query_variant: str | None = None, vocab: Vocab | None = None) -> RankData:
     """``features/samples`` of ``days`` (and ``queries/<query_variant>`` for QE-Rec) as a RankData."""
+    samples = read_samples(lake, days)
     queries = read_queries(lake, query_variant, days) if query_variant else None
-    return from_frame(read_samples(lake, days), vocab or Vocab.from_kb(kb_rows), queries, f"queries/{query_variant}")
+    return from_frame(samples, vocab or Vocab.from_kb(kb_rows), queries, f"queries/{query_variant}")
 
 
 def from_frame(df, vocab: Vocab, queries=None, queries_name: str = "the queries") -> RankData:

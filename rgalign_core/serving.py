@@ -119,7 +119,8 @@ class Bundle:
         if queries is None:
             queries = self.queries(sessions, batch_size, progress)
         scored = self.score(candidates(sessions, self.kb), queries)
-        scored = scored.sort_values(["session_id", "prob", "intent_id"], ascending=[True, False, True], kind="stable")
+        # isotonic calibration is a step function: ties in prob keep the ranker's order (score)
+        scored = scored.sort_values(["session_id", "prob", "score", "intent_id"], ascending=[True, False, False, True], kind="stable")
         scored["rank"] = scored.groupby("session_id").cumcount() + 1
         top = scored[scored["rank"] <= k].copy()
         titles = dict(zip(self.kb["intent_id"], self.kb["title"]))
