@@ -47,7 +47,7 @@ def run(ctx: stage.Context) -> dict:
     import pyarrow.parquet as pq
 
     from jobs.encode_queries import encode
-    from jobs.rg_cl import align
+    from jobs.rg_cl import align, summary_spec
     from rgalign_core import align_stage, metrics, ranking_data
     from rgalign_core.reasoner import model_version, reasoner_dir
     from rgalign_core.train_ranker import load_model, predict, run_job
@@ -75,7 +75,8 @@ def run(ctx: stage.Context) -> dict:
         qe_path = f"{best['ranker']}/seed={cl_seed}"
         out = reasoner_dir(lake, ctx.ds, f"cal{r}")
         fp = fingerprint({"version": VERSION, "round": r, "parent": model_version(best["reasoner"]),
-                          "qe_rec": lake.marker(best["ranker"]).get("fingerprint"), "rg_cl": {**cfg["rg_cl"], "train": cl_train}})
+                          "qe_rec": lake.marker(best["ranker"]).get("fingerprint"), "rg_cl": {**cfg["rg_cl"], "train": cl_train},
+                          "summary": summary_spec(cfg)})
         if ctx.up_to_date([out], fp):
             log.info("round %d: the reasoner is up to date", r)
         else:

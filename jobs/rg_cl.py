@@ -6,7 +6,10 @@ The reasoner (``models/reasoner_dpo/ds=``) embeds each training session's prompt
 ranking space, where an InfoNCE loss pulls it towards the frozen QE-Rec intent-tower vector of the
 clicked intent and away from the session's other shown intents and the other sessions' clicked
 intents in the batch (temperature ``rg_cl.tau``), plus ``rg_cl.lm_weight`` x the next-token loss on
-the query tokens so the reasoner still writes queries. Only the reasoner and the projection train (the
+the query tokens so the reasoner still writes queries; with ``rg_cl.train_summary`` (default) the rows
+go on after the cue with the session's summary (pending states, text topics, as RG-SFT trains on), the
+loss covers it too and the embedding is pooled at the cue (a causal LM's cue state does not see what
+follows), so the cue token keeps encoding the summary while InfoNCE moves it. Only the reasoner and the projection train (the
 intent vectors are computed once, under no_grad, from the frozen QE-Rec). Sessions without a click
 are skipped. Logs the loss, pair accuracy and alignment gap during training, and on the held-out
 validation window before and after. Writes ``models/reasoner_cl/ds=<ds>/`` (the reasoner and
@@ -30,8 +33,9 @@ VERSION = 1
 
 
 def contrastive_arrays(ctx: stage.Context, reasoner: str, qe_path: str, query_variant: str, days) -> dict:
-    """RG-CL rows for the clicked sessions of ``days``: token ids of prompt + latent query and the
-    frozen QE-Rec intent vectors (positive, session negatives)."""
+    """RG-CL rows for the clicked sessions of ``days``: token ids of prompt + latent query + cue (and
+    the summary after it with ``rg_cl.train_summary``) and the frozen QE-Rec intent vectors
+    (positive, session negatives)."""
     import pandas as pd
 
     from rgalign_core import align_stage, alignment, ranking_data
@@ -53,9 +57,20 @@ def contrastive_arrays(ctx: stage.Context, reasoner: str, qe_path: str, query_va
         raise stage.StageError(f"{int(text.latent_query.isna().sum())} clicked sessions have no query in queries/{query_variant}: "
                                f"rerun the stage that encodes it")
     tok = align_stage.tokenizer(reasoner)
+    cue = cfg["reasoner"]["summary_cue"]
+    tails = None
+    if cfg["rg_cl"]["train_summary"] and cue:
+        tails = [s[len(cue):] for s in align_stage.session_summaries(ctx, sids.tolist(), days)]  # the cue is in the pooled part
     arrays = alignment.sft_arrays(tok, cfg["reasoner"]["template"], text.prompt.tolist(), text.latent_query.tolist(),
-                                  int(cfg["rg_cl"]["max_len"]), eos=False, summary_cue=cfg["reasoner"]["summary_cue"])
+                                  int(cfg["rg_cl"]["max_len"]), eos=False, summary_cue=cue, tails=tails)
     return {**arrays, **t}
+
+
+def summary_spec(cfg: dict) -> dict | None:
+    """What RG-CL's summaries depend on, for its fingerprint and calibrate's."""
+    from rgalign_core import align_stage
+
+    return align_stage.summary_config(cfg) if cfg["rg_cl"]["train_summary"] else None
 
 
 def align(ctx: stage.Context, name: str, parent: str, qe_path: str, query_variant: str, out: str, fp: str, train_cfg: dict) -> dict:
@@ -95,7 +110,8 @@ def run(ctx: stage.Context) -> dict:
     out = reasoner_dir(lake, ctx.ds, "cl")
     fp = fingerprint({"version": VERSION, "parent": model_version(parent), "qe_rec": lake.marker(qe_path.rsplit("/", 1)[0]).get("fingerprint"),
                       "rg_cl": ccfg, "template": cfg["reasoner"]["template"],
-                      "summary_cue": cfg["reasoner"]["summary_cue"], "inputs": [lake.marker(p).get("fingerprint") for p in inputs]})
+                      "summary_cue": cfg["reasoner"]["summary_cue"], "summary": summary_spec(cfg),
+                      "inputs": [lake.marker(p).get("fingerprint") for p in inputs]})
     ctx.tracker.params({"parent_reasoner": parent, "projection_from": qe_path})
     result = {}
     if ctx.up_to_date([out], fp):

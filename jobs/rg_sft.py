@@ -27,22 +27,6 @@ log = logging.getLogger("rgalign.rg_sft")
 VERSION = 1
 
 
-def with_summaries(ctx: stage.Context, session_ids: list[int], queries: list[str]) -> list[str]:
-    """Each best query followed by its session's summary, as bootstrap_reasoner's corpus writes it
-    (the topics first in every other example, as there)."""
-    from jobs.bootstrap_reasoner import summary_text, summary_topics
-    from jobs.teachers_generate import kb_reader, read_sessions
-
-    by_id = {r["session_id"]: r for rows in read_sessions(ctx.lake, ctx.windows()["train"]).values() for r in rows}
-    missing = [s for s in session_ids if s not in by_id]
-    if missing:
-        raise stage.StageError(f"rewards/best has {len(missing)} sessions not in features/sessions of the training window "
-                               f"(e.g. {missing[0]}): rerun reward_select for this date")
-    rows = [by_id[s] for s in session_ids]
-    topics = summary_topics(ctx.cfg, rows, kb_reader(ctx.lake))
-    return [q + summary_text(ctx.cfg, r, t, topics_first=i % 2 == 1) for i, (q, r, t) in enumerate(zip(queries, rows, topics))]
-
-
 def run(ctx: stage.Context) -> dict:
     import numpy as np
 
@@ -57,9 +41,7 @@ def run(ctx: stage.Context) -> dict:
     if best.empty:
         raise stage.StageError("rewards/best has no non-empty best query in the training window: nothing to fine-tune on")
     out = reasoner_dir(lake, ctx.ds, "sft")
-    summary = ({"cue": cfg["reasoner"]["summary_cue"], "states": cfg["bootstrap"]["summary_states"],
-                "topics": cfg["bootstrap"]["summary_topics"], "retrieval": cfg["teachers"]["retrieval"]}
-               if scfg["train_summary"] else None)
+    summary = align_stage.summary_config(cfg) if scfg["train_summary"] else None
     fp = fingerprint({"version": VERSION, "parent": model_version(base), "rg_sft": scfg, "template": cfg["reasoner"]["template"],
                       "summary": summary, "inputs": in_fps})
     ctx.tracker.params({"parent_reasoner": base, "examples": len(best)})
@@ -71,7 +53,8 @@ def run(ctx: stage.Context) -> dict:
         tok = align_stage.tokenizer(base)
         targets = best.best_query.tolist()
         if summary:
-            targets = with_summaries(ctx, best.session_id.tolist(), targets)
+            summaries = align_stage.session_summaries(ctx, best.session_id.tolist(), ctx.windows()["train"])
+            targets = [q + s for q, s in zip(targets, summaries)]
         arrays = alignment.sft_arrays(tok, cfg["reasoner"]["template"], best.prompt.tolist(), targets, int(scfg["max_len"]))
         n_query = int((arrays["labels"] != alignment.IGNORE).sum())
         log.info("RG-SFT: %d examples, %d target tokens of %d", len(best), n_query, int(arrays["length"].sum()))

@@ -1,16 +1,19 @@
 """Ranking-Guided Alignment: the losses of RG-SFT, DPO and RG-CL, the model RG-CL trains, and the
 token arrays each stage hands to the one DeepSpeed loop (rgalign_core/ds_trainer.py).
 
-* **RG-SFT**: next-token loss on the best-of-N latent query only (prompt tokens are labelled -100).
+* **RG-SFT**: next-token loss on the best-of-N latent query (and the summary the stage appends to
+  it); prompt tokens are labelled -100.
 * **DPO**: ``-log σ(β[(log π(c) - log π_ref(c)) - (log π(r) - log π_ref(r))])`` over the
   (chosen, rejected) queries of a session, with the frozen reference model's log-probabilities;
   logged as TRL does (``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``,
-  ``rewards/margins``).
-* **RG-CL**: InfoNCE between the reasoner's last-token pooled embedding of prompt + query, through
-  QE-Rec's query projection, and the frozen QE-Rec intent-tower vector of the clicked intent;
-  negatives are the session's other shown intents and the other sessions' clicked intents in the
-  batch (a negative with the positive's intent id is masked, it is not a negative). Cosine
-  similarities over temperature τ.
+  ``rewards/margins``); optionally plus a weighted next-token loss on the chosen query and its
+  summary (``anchor_*`` rows).
+* **RG-CL**: InfoNCE between the reasoner's pooled embedding of prompt + query + summary cue (the
+  cue's token), through QE-Rec's query projection, and the frozen QE-Rec intent-tower vector of the
+  clicked intent; negatives are the session's other shown intents and the other sessions' clicked
+  intents in the batch (a negative with the positive's intent id is masked, it is not a negative).
+  Cosine similarities over temperature τ; plus a weighted next-token loss on the query (and the
+  summary after the cue, when the rows have one).
 
 Arrays are right-padded; every row has a ``length``, so the trainer can bucket rows of similar
 length into one batch and cut each batch to its longest row.
@@ -50,8 +53,11 @@ def sft_loss(model, b, trim_padding: bool = True):
     return out.loss, int(b["attention_mask"].sum())
 
 
-def dpo_loss(model, ref, b, beta: float):
-    """DPO on (chosen, rejected) rows; ``ref`` is the frozen reference. (loss, tokens, metrics)."""
+def dpo_loss(model, ref, b, beta: float, anchor_weight: float = 0.0):
+    """DPO on (chosen, rejected) rows; ``ref`` is the frozen reference. With ``anchor_weight`` and
+    ``anchor_*`` rows, plus that x the next-token loss on them (the chosen query and its summary;
+    TRL's ``rpo_alpha`` with the summary added), so the pooled cue token keeps what it encodes.
+    (loss, tokens, metrics)."""
     import torch
     import torch.nn.functional as F
 
@@ -69,7 +75,13 @@ def dpo_loss(model, ref, b, beta: float):
     with torch.no_grad():
         metrics = {"rewards/chosen": float(chosen.mean()), "rewards/rejected": float(rejected.mean()),
                    "rewards/accuracies": float((chosen > rejected).float().mean()),
-                   "rewards/margins": float((chosen - rejected).mean())}
+                   "rewards/margins": float((chosen - rejected).mean()), "dpo_loss": float(loss)}
+    if anchor_weight and "anchor_input_ids" in b:
+        s = trim(b, "anchor_attention_mask", ["anchor_input_ids", "anchor_attention_mask", "anchor_labels"])
+        nll = model(input_ids=s["anchor_input_ids"], attention_mask=s["anchor_attention_mask"], labels=s["anchor_labels"]).loss
+        metrics["anchor_nll"] = float(nll.detach())
+        loss = loss + anchor_weight * nll
+        n_tokens += int(s["anchor_attention_mask"].sum())
     return loss, n_tokens, metrics
 
 
@@ -99,11 +111,13 @@ def info_nce(q, pos, negs, neg_mask, pos_id, neg_id, tau: float):
 
 
 def rg_cl_loss(model, b, tau: float, lm_weight: float = 0.0):
-    """InfoNCE, plus ``lm_weight`` x the next-token loss on the query tokens: without it the
-    contrastive gradient reshapes the hidden states the LM head reads and the reasoner forgets
-    how to write queries (measured: mean query length 6 -> 23 tokens of run-on text)."""
+    """InfoNCE, plus ``lm_weight`` x the next-token loss on the labelled tokens (the query, and the
+    summary when the rows have one): without it the contrastive gradient reshapes the hidden states
+    the LM head reads and the reasoner forgets how to write queries (measured: mean query length
+    6 -> 23 tokens of run-on text). Rows with ``pool_index`` are pooled there (the cue), not at their end."""
     b = trim(b, "attention_mask", ["input_ids", "attention_mask", "labels"])
-    q, lm = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"] if lm_weight else None)
+    q, lm = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"] if lm_weight else None,
+                  pool_index=b.get("pool_index"))
     loss, metrics = info_nce(q, b["pos"], b["negs"], b["neg_mask"], b["pos_id"], b["neg_id"], tau)
     metrics["info_nce"] = float(loss.detach())
     if lm is not None:
@@ -124,8 +138,10 @@ def _query_aligner_cls():
             super().__init__()
             self.reasoner, self.projection = reasoner, projection
 
-        def forward(self, input_ids, attention_mask, labels=None):
-            """(projected last-token embedding [B, D], next-token loss on ``labels`` or None)."""
+        def forward(self, input_ids, attention_mask, labels=None, pool_index=None):
+            """(projected embedding [B, D] at the last token, or at ``pool_index`` [B], next-token
+            loss on ``labels`` or None)."""
+            import torch
             import torch.nn.functional as F
 
             from rgalign_core.reasoner import Reasoner, last_token_pool
@@ -137,7 +153,9 @@ def _query_aligner_cls():
             if labels is not None:
                 logits = self.reasoner.lm_head(h[:, :-1]).float()
                 lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE)
-            return self.projection(last_token_pool(h, attention_mask)), lm
+            pooled = (last_token_pool(h, attention_mask) if pool_index is None
+                      else h[torch.arange(h.shape[0], device=h.device), pool_index])
+            return self.projection(pooled), lm
 
         def save(self, out_dir: str) -> None:
             import json
@@ -208,30 +226,40 @@ def _pad(rows: list[list[int]], value: int, width: int) -> np.ndarray:
 
 
 def prompt_response(tok, template: str, prompts: list[str], responses: list[str], max_len: int, eos: bool = True,
-                    summary_cue: str = ""):
+                    summary_cue: str = "", tails: list[str] | None = None):
     """Token ids of prompt and of " response<eos>" for each pair; the prompt is cut from the left
     so the pair fits ``max_len`` (the latest state is at the prompt's end). Without ``eos`` and with
-    the reasoner's ``summary_cue`` the ids are those it pools for the query embedding (Reasoner.query_text)."""
+    the reasoner's ``summary_cue`` the ids are those it pools for the query embedding (Reasoner.query_text).
+    With ``tails`` (RG-CL's summaries), each " response<cue>" goes on with its "<tail><eos>",
+    tokenised apart so that the ids up to the cue stay the pooled ones; the tail is the third id list."""
     from rgalign_core.reasoner import format_prompt
 
     p_ids = tok([format_prompt(template, p) for p in prompts], add_special_tokens=False)["input_ids"]
     r_ids = tok([f" {r}{summary_cue}{tok.eos_token if eos else ''}" for r in responses], add_special_tokens=False)["input_ids"]
+    t_ids = (tok([f"{t}{tok.eos_token}" for t in tails], add_special_tokens=False)["input_ids"] if tails is not None
+             else [[] for _ in responses])
     out = []
-    for p, r in zip(p_ids, r_ids):
+    for p, r, t in zip(p_ids, r_ids, t_ids):
         r = r[:max_len // 2]
-        out.append((p[max(0, len(p) - (max_len - len(r))):], r))
+        t = t[:max(0, max_len // 2 - len(r))]
+        out.append((p[max(0, len(p) - (max_len - len(r) - len(t))):], r, t))
     return out
 
 
 def sft_arrays(tok, template: str, prompts: list[str], queries: list[str], max_len: int, eos: bool = True,
-               summary_cue: str = "") -> dict:
-    pairs = prompt_response(tok, template, prompts, queries, max_len, eos, summary_cue)
-    ids = [p + r for p, r in pairs]
-    labels = [[IGNORE] * len(p) + r for p, r in pairs]
+               summary_cue: str = "", tails: list[str] | None = None) -> dict:
+    """Right-padded prompt + response (+ tail) rows, labelled on the response and tail. With
+    ``tails``, ``pool_index`` is each row's position of the cue's last token (what is pooled)."""
+    parts = prompt_response(tok, template, prompts, queries, max_len, eos, summary_cue, tails)
+    ids = [p + r + t for p, r, t in parts]
+    labels = [[IGNORE] * len(p) + r + t for p, r, t in parts]
     width = max(len(x) for x in ids)
-    return {"input_ids": _pad(ids, tok.pad_token_id, width), "labels": _pad(labels, IGNORE, width),
-            "attention_mask": _pad([[1] * len(x) for x in ids], 0, width).astype(np.int8),
-            "length": np.array([len(x) for x in ids], np.int32)}
+    out = {"input_ids": _pad(ids, tok.pad_token_id, width), "labels": _pad(labels, IGNORE, width),
+           "attention_mask": _pad([[1] * len(x) for x in ids], 0, width).astype(np.int8),
+           "length": np.array([len(x) for x in ids], np.int32)}
+    if tails is not None:
+        out["pool_index"] = np.array([len(p) + len(r) - 1 for p, r, _ in parts], np.int32)
+    return out
 
 
 def document_arrays(tok, docs: list[str], max_len: int) -> dict:
@@ -245,13 +273,17 @@ def document_arrays(tok, docs: list[str], max_len: int) -> dict:
             "length": np.array([len(x) for x in ids], np.int32)}
 
 
-def dpo_arrays(tok, template: str, prompts: list[str], chosen: list[str], rejected: list[str], max_len: int) -> dict:
+def dpo_arrays(tok, template: str, prompts: list[str], chosen: list[str], rejected: list[str], max_len: int,
+               anchor: list[str] | None = None) -> dict:
+    """``chosen_*`` and ``rejected_*`` rows; with ``anchor`` (the chosen query and its summary)
+    also ``anchor_*`` rows for the NLL term of dpo_loss."""
     out, lengths = {}, []
-    for side, texts in (("chosen", chosen), ("rejected", rejected)):
+    sides = [("chosen", chosen), ("rejected", rejected)] + ([("anchor", anchor)] if anchor is not None else [])
+    for side, texts in sides:
         a = sft_arrays(tok, template, prompts, texts, max_len)
         out.update({f"{side}_{k}": v for k, v in a.items() if k != "length"})
         lengths.append(a["length"])
-    out["length"] = np.maximum(*lengths)
+    out["length"] = np.max(lengths, axis=0)
     return out
 
 

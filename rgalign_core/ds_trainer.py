@@ -105,7 +105,7 @@ def sft_objective(model, batch, aux):
 def dpo_objective(model, batch, aux):
     from rgalign_core.alignment import dpo_loss
 
-    return dpo_loss(model, aux["ref"], batch, float(aux["beta"]))
+    return dpo_loss(model, aux["ref"], batch, float(aux["beta"]), float(aux["anchor_weight"]))
 
 
 def rg_cl_objective(model, batch, aux):
@@ -141,7 +141,7 @@ def build_aux(spec: dict) -> dict:
         ref.eval()
         for p in ref.parameters():
             p.requires_grad_(False)
-        return {"ref": ref, "beta": spec.get("beta", 0.1)}
+        return {"ref": ref, "beta": spec.get("beta", 0.1), "anchor_weight": spec.get("anchor_weight", 0.0)}
     if spec.get("objective") == "sft":
         return {"trim": spec.get("trim_batches", True)}
     if spec.get("objective") == "rg_cl":

@@ -65,6 +65,14 @@ def candidates(sessions, kb):
     return grid.reset_index(drop=True)
 
 
+def best_per_session(scored, k: int):
+    """The ``k`` best scored rows of each session with their ``rank`` (1 = best): by calibrated prob,
+    ties by the ranker's score (isotonic calibration is a step function), then by intent id."""
+    scored = scored.sort_values(["session_id", "prob", "score", "intent_id"], ascending=[True, False, False, True], kind="stable")
+    scored = scored.assign(rank=scored.groupby("session_id").cumcount() + 1)
+    return scored[scored["rank"] <= k].copy()
+
+
 class Bundle:
     def __init__(self, path: str | Path):
         import pyarrow.parquet as pq
@@ -118,11 +126,7 @@ class Bundle:
         ``queries``: the sessions' embeddings by this bundle's reasoner when already computed."""
         if queries is None:
             queries = self.queries(sessions, batch_size, progress)
-        scored = self.score(candidates(sessions, self.kb), queries)
-        # isotonic calibration is a step function: ties in prob keep the ranker's order (score)
-        scored = scored.sort_values(["session_id", "prob", "score", "intent_id"], ascending=[True, False, False, True], kind="stable")
-        scored["rank"] = scored.groupby("session_id").cumcount() + 1
-        top = scored[scored["rank"] <= k].copy()
+        top = best_per_session(self.score(candidates(sessions, self.kb), queries), k)
         titles = dict(zip(self.kb["intent_id"], self.kb["title"]))
         top["intent_title"] = top["intent_id"].map(titles)
         text = dict(zip(queries["session_id"].to_pylist(), queries["latent_query"].to_pylist()))

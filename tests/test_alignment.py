@@ -22,6 +22,9 @@ PROMPTS = ["order delayed 3 days, searched where is my parcel", "payment failed 
 BEST = ["Where is my parcel?", "Why did my payment fail?", "How do I use my voucher?", "My item arrived damaged",
         "When will I get my refund?", "I don't recognise this login", "The app keeps crashing", "I did not receive my parcel"]
 WORST = BEST[1:] + BEST[:1]
+CUE = "\nPending:"
+SUMMARIES = [f"{CUE} {s}" for s in ["shipping_delay", "payment_failed", "voucher_expiring", "item_damaged", "refund_pending",
+                                     "account_security", "app_issue", "parcel_missing"]]
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +126,28 @@ def test_dpo_starts_at_log2_moves_the_policy_and_not_the_reference(tok):
     assert moved(ref, ref_before) == []
 
 
+def test_dpo_anchor_adds_the_weighted_nll_of_the_chosen_query_and_its_summary(tok):
+    policy = model_of(tok)
+    ref = copy.deepcopy(policy).eval()
+    anchor = [q + s for q, s in zip(BEST, SUMMARIES)]
+    a = alignment.dpo_arrays(tok, TEMPLATE, PROMPTS, BEST, WORST, max_len=64, anchor=anchor)
+    labelled = a["anchor_labels"][0][a["anchor_labels"][0] != alignment.IGNORE]
+    assert tok.decode(labelled) == f" {BEST[0]}{SUMMARIES[0]}{tok.eos_token}"
+    assert (a["length"] >= a["anchor_attention_mask"].sum(1)).all()
+    b = batch_of(a)
+    with torch.no_grad():
+        plain, _, _ = alignment.dpo_loss(policy, ref, b, beta=0.5)
+        anchored, _, m = alignment.dpo_loss(policy, ref, b, beta=0.5, anchor_weight=0.7)
+        nll, _ = alignment.sft_loss(policy, batch_of(alignment.sft_arrays(tok, TEMPLATE, PROMPTS, anchor, max_len=64)))
+    assert float(plain) == pytest.approx(math.log(2), abs=1e-6)
+    assert float(anchored) == pytest.approx(math.log(2) + 0.7 * float(nll), abs=1e-5)
+    assert m["anchor_nll"] == pytest.approx(float(nll), abs=1e-5) and m["dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    before = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    losses = steps(policy, lambda m: alignment.dpo_loss(m, ref, b, beta=0.5, anchor_weight=0.7)[0], n=3, lr=3e-3)
+    assert losses[-1] < losses[0]
+    assert moved(policy, before) == [k for k, _ in policy.named_parameters()]
+
+
 # ---- RG-CL ---------------------------------------------------------------------------------------
 
 def test_info_nce_matches_a_hand_computation_and_masks_false_negatives():
@@ -216,6 +241,34 @@ def test_rg_cl_pooling_matches_the_encoder(tok, qe_rec_dir, tmp_path):
         q, _ = aligner(a["input_ids"], a["attention_mask"])
         expected = aligner.projection(torch.from_numpy(cached))
     np.testing.assert_allclose(q.numpy(), expected.numpy(), atol=1e-4)
+
+
+def test_rg_cl_rows_with_a_summary_pool_at_the_cue_and_train_on_the_summary(tok, qe_rec_dir, tmp_path):
+    """With tails the rows go on after the cue, but the vector is still the one encode_queries
+    caches (pooled at the cue, which does not see the summary), and the LM loss covers the summary."""
+    from rgalign_core.reasoner import Reasoner
+
+    path, _ = qe_rec_dir
+    model_of(tok).save_pretrained(tmp_path / "r")
+    tok.save_pretrained(tmp_path / "r")
+    aligner = alignment.load_query_aligner(str(tmp_path / "r"), str(path)).eval()
+    cached = Reasoner.load(tmp_path / "r", template=TEMPLATE, summary_cue=CUE).embed(PROMPTS, BEST)
+    tails = [s[len(CUE):] for s in SUMMARIES]
+    a = alignment.sft_arrays(tok, TEMPLATE, PROMPTS, BEST, max_len=64, eos=False, summary_cue=CUE, tails=tails)
+    plain = alignment.sft_arrays(tok, TEMPLATE, PROMPTS, BEST, max_len=64, eos=False, summary_cue=CUE)
+    for i in range(len(PROMPTS)):
+        k = int(a["pool_index"][i])
+        np.testing.assert_array_equal(a["input_ids"][i, :k + 1], plain["input_ids"][i, :int(plain["length"][i])])
+        labelled = a["labels"][i][a["labels"][i] != alignment.IGNORE]
+        assert tok.decode(labelled) == f" {BEST[i]}{SUMMARIES[i]}{tok.eos_token}"
+    b = batch_of(a)
+    with torch.no_grad():
+        q, lm = aligner(b["input_ids"], b["attention_mask"], labels=b["labels"], pool_index=b["pool_index"])
+        q_end, _ = aligner(b["input_ids"], b["attention_mask"])
+        expected = aligner.projection(torch.from_numpy(cached))
+    np.testing.assert_allclose(q.numpy(), expected.numpy(), atol=1e-4)
+    assert not np.allclose(q_end.numpy(), expected.numpy(), atol=1e-3)  # the row's end is not what is pooled
+    assert lm is not None and float(lm) > 0
 
 
 GOLDEN = {"sft": 5.9935, "dpo_step2": 0.5418, "rg_cl": 10.1336}

@@ -129,9 +129,9 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
     assert "rg_sft/loss" in children["rg_sft"].data.metrics
     dpo = children["rg_dpo"].data.metrics
     assert dpo["first_loss"] == pytest.approx(0.6931, abs=1e-3)  # the policy starts as its reference
-    assert {"rg_dpo/rewards/accuracies", "rg_dpo/rewards/margins"} <= set(dpo)
+    assert {"rg_dpo/rewards/accuracies", "rg_dpo/rewards/margins", "rg_dpo/anchor_nll", "rg_dpo/dpo_loss"} <= set(dpo)
     cl = children["rg_cl"].data.metrics
-    assert {"valid_before/alignment_gap", "valid_after/alignment_gap", "rg_cl/pair_accuracy"} <= set(cl)
+    assert {"valid_before/alignment_gap", "valid_after/alignment_gap", "rg_cl/pair_accuracy", "rg_cl/lm_loss"} <= set(cl)
     cal = children["calibrate"].data.metrics
     assert {"loop/valid_gauc", "test_ece_before", "test_ece_after", "kept_round"} <= set(cal)
     assert (lake / "models" / "qe_rec_calibrated" / f"ds={DS}" / "calibration.json").exists()
@@ -221,6 +221,28 @@ def test_tasks_test_reruns_one_stage_alone(dag_run, task, area, table, key):
     assert after == before, out.stdout[-3000:] + out.stderr[-3000:]
     if area == "models" and table.startswith("reasoner"):  # the same weights, not only the same inputs
         assert _weights(lake / area / table) == before_weights
+
+
+def test_publish_rerun_with_its_output_in_place_is_skipped(dag_run):
+    """A second `tasks test publish` with the serving table in place registers nothing and rewrites nothing."""
+    import mlflow
+
+    proc, env = dag_run
+    assert proc.returncode == 0
+    lake = env["work"] / "lake"
+    before = _markers(lake, "serving", "topk")
+    mlflow.set_tracking_uri(env["env"]["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    versions = sorted(int(v.version) for v in client.search_model_versions("name='rgalign-qe-rec'"))
+    champion = client.get_model_version_by_alias("rgalign-qe-rec", "champion").version
+    out = subprocess.run([env["airflow"], "tasks", "test", "rgalign_nightly", "publish", DS,
+                          "--task-params", json.dumps({"overrides": FAST})],
+                         env=env["env"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+    logs = out.stdout + out.stderr
+    assert "is up to date" in logs, logs[-3000:]
+    assert _markers(lake, "serving", "topk") == before
+    assert sorted(int(v.version) for v in client.search_model_versions("name='rgalign-qe-rec'")) == versions
+    assert client.get_model_version_by_alias("rgalign-qe-rec", "champion").version == champion
 
 
 def test_lake_source_skips_the_simulator(dag_run, tmp_path):

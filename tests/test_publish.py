@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from jobs.publish import gate, latest_session_per_user, serving_requirements
-from rgalign_core.serving import candidates
+from rgalign_core.serving import best_per_session, candidates
 
 GATE = {"min_gain_over_baseline": 0.0, "min_gain_over_champion": 0.002, "max_ece": 0.05}
 
@@ -58,3 +58,12 @@ def test_latest_session_per_user_and_serving_pins():
     assert sorted(latest_session_per_user(s).session_id) == [5, 7]
     pins = serving_requirements()
     assert any(p.startswith("torch==") for p in pins) and not any(p.startswith(("apache-airflow", "pyspark")) for p in pins)
+
+
+def test_top_k_ties_in_probability_keep_the_rankers_order_then_intent_id():
+    scored = pd.DataFrame({"session_id": [1, 1, 1, 1, 2, 2], "intent_id": [10, 11, 12, 13, 10, 11],
+                           "prob": [0.5, 0.5, 0.9, 0.5, 0.2, 0.2], "score": [0.1, 0.3, 0.0, 0.1, 1.0, 1.0]})
+    top = best_per_session(scored, k=3)
+    assert list(zip(top.session_id, top.intent_id, top["rank"])) == [
+        (1, 12, 1), (1, 11, 2), (1, 10, 3),  # 0.9 first; in the 0.5 step the higher score, then the lower id
+        (2, 10, 1), (2, 11, 2)]               # a full tie: intent id; a session with fewer than k keeps them all

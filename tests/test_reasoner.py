@@ -117,3 +117,16 @@ def test_rg_sft_targets_go_on_with_the_summary_bootstrap_wrote():
     assert summary_text(cfg, row, topics[0], topics_first=True) == f"{cue} payment, payment_failed, shipped"
     no_cue = config.load("rg_sft", ["reasoner.summary_cue="])
     assert summary_topics(no_cue, [row], kb) == [[]] and summary_text(no_cue, row, [], False) == ""
+
+
+def test_dpo_rg_cl_and_calibrate_write_the_same_summary_as_rg_sft():
+    """DPO's anchor and RG-CL's rows carry the summary RG-SFT trains on: one summary config for all
+    four (the alignment stages after RG-SFT would otherwise let the pooled cue token drift)."""
+    from rgalign_core import align_stage, config
+
+    sft = align_stage.summary_config(config.load("rg_sft", []))
+    assert sft is not None
+    for name in ("rg_dpo", "rg_cl", "calibrate"):
+        assert align_stage.summary_config(config.load(name, [])) == sft, name
+    assert config.load("rg_dpo", [])["rg_dpo"]["anchor_weight"] > 0 and config.load("rg_cl", [])["rg_cl"]["train_summary"]
+    assert align_stage.summary_config(config.load("rg_cl", ["reasoner.summary_cue="])) is None
