@@ -1,7 +1,7 @@
 """RG-CL: contrastive alignment of the reasoner's embedding with QE-Rec's ranking space.
 
 The reasoner (``models/reasoner_dpo/ds=``) embeds each training session's prompt + latent query
-(``queries/dpo``) with last-token pooling; QE-Rec's query projection (from
+(``queries/dpo``) + the summary cue, pooled at the cue's token; QE-Rec's query projection (from
 ``models/qe_rec_dpo/ds=/seed=<rg_cl.model_seed>``, trained on those embeddings) maps it to the
 ranking space, where an InfoNCE loss pulls it towards the frozen QE-Rec intent-tower vector of the
 clicked intent and away from the session's other shown intents and the other sessions' clicked
@@ -91,7 +91,10 @@ def align(ctx: stage.Context, name: str, parent: str, qe_path: str, query_varian
     after = alignment.alignment_report(alignment.load_query_aligner(out, out), valid, tau)
     log.info("%s: validation after: %s", name, after)
     align_stage.plot_history(ctx, history, ["info_nce", "lm_loss", "pair_accuracy", "alignment_gap"], name)
-    return {"train_sessions": len(train["length"]), "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
+    summary_tokens = int(((train["labels"] != alignment.IGNORE)
+                          & (np.arange(train["labels"].shape[1]) > train["pool_index"][:, None])).sum()) if "pool_index" in train else 0
+    return {"train_sessions": len(train["length"]), "summary_tokens": summary_tokens,
+            "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
             **{f"valid_before/{k}": v for k, v in before.items()}, **{f"valid_after/{k}": v for k, v in after.items()}}
 
 

@@ -66,7 +66,9 @@ def run(ctx: stage.Context) -> dict:
                                  "rg_dpo")
         align_stage.compare_generations(ctx, parent, out)
         last = history[-1]
+        # "loss" is DPO + the anchor; "dpo_loss" alone starts at log 2 (the policy is its reference)
         result.update({"first_loss": history[0]["loss"], "final_loss": last["loss"],
+                       "first_dpo_loss": history[0]["dpo_loss"], "final_dpo_loss": last["dpo_loss"],
                        "final_reward_accuracy": last.get("rewards/accuracies"), "final_reward_margin": last.get("rewards/margins")})
     result["reasoner_version"] = model_version(out)
     return {**result, **align_stage.measure(ctx, "dpo", out)}

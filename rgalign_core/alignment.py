@@ -45,7 +45,8 @@ def sequence_logps(model, input_ids, attention_mask, labels):
 
 
 def sft_loss(model, b, trim_padding: bool = True):
-    """Mean next-token loss over the query tokens of the batch; (loss, tokens processed).
+    """Mean next-token loss over the labelled tokens of the batch (the query, and the summary when the
+    stage appends one); (loss, tokens processed).
     ``trim_padding=False`` keeps every row at the array's full width (the naive way; benchmarks)."""
     if trim_padding:
         b = trim(b, "attention_mask", ["input_ids", "attention_mask", "labels"])
@@ -132,7 +133,7 @@ def _query_aligner_cls():
     from torch import nn
 
     class QueryAligner(nn.Module):
-        """The reasoner's last-token pooled embedding through QE-Rec's query projection."""
+        """The reasoner's pooled embedding (last token, or the cue's at ``pool_index``) through QE-Rec's query projection."""
 
         def __init__(self, reasoner, projection):
             super().__init__()
@@ -231,7 +232,8 @@ def prompt_response(tok, template: str, prompts: list[str], responses: list[str]
     so the pair fits ``max_len`` (the latest state is at the prompt's end). Without ``eos`` and with
     the reasoner's ``summary_cue`` the ids are those it pools for the query embedding (Reasoner.query_text).
     With ``tails`` (RG-CL's summaries), each " response<cue>" goes on with its "<tail><eos>",
-    tokenised apart so that the ids up to the cue stay the pooled ones; the tail is the third id list."""
+    tokenised apart and cut to the room left (the prompt is cut as without it), so that the ids up
+    to the cue stay the pooled ones; the tail is the third id list."""
     from rgalign_core.reasoner import format_prompt
 
     p_ids = tok([format_prompt(template, p) for p in prompts], add_special_tokens=False)["input_ids"]
@@ -241,8 +243,8 @@ def prompt_response(tok, template: str, prompts: list[str], responses: list[str]
     out = []
     for p, r, t in zip(p_ids, r_ids, t_ids):
         r = r[:max_len // 2]
-        t = t[:max(0, max_len // 2 - len(r))]
-        out.append((p[max(0, len(p) - (max_len - len(r) - len(t))):], r, t))
+        p = p[max(0, len(p) - (max_len - len(r))):]  # as without a tail: the pooled ids must not depend on it
+        out.append((p, r, t[:max(0, min(max_len // 2 - len(r), max_len - len(p) - len(r)))]))
     return out
 
 

@@ -269,6 +269,28 @@ def test_rg_cl_rows_with_a_summary_pool_at_the_cue_and_train_on_the_summary(tok,
     np.testing.assert_allclose(q.numpy(), expected.numpy(), atol=1e-4)
     assert not np.allclose(q_end.numpy(), expected.numpy(), atol=1e-3)  # the row's end is not what is pooled
     assert lm is not None and float(lm) > 0
+    # rg_cl_loss (training and alignment_report) pools where the rows say
+    n, d = q.shape
+    g = torch.Generator().manual_seed(0)
+    t = {"pos": torch.randn(n, d, generator=g), "negs": torch.randn(n, 2, d, generator=g),
+         "neg_mask": torch.ones(n, 2, dtype=torch.bool), "pos_id": torch.arange(n), "neg_id": torch.arange(n)[:, None] + 100 + torch.arange(2)}
+    with torch.no_grad():
+        via_loss = alignment.rg_cl_loss(aligner, {**b, **t}, tau=0.1)[0]
+    expected_loss = alignment.info_nce(expected, t["pos"], t["negs"], t["neg_mask"], t["pos_id"], t["neg_id"], tau=0.1)[0]
+    assert float(via_loss) == pytest.approx(float(expected_loss), abs=1e-4)
+
+
+def test_a_summary_tail_never_cuts_the_prompt_that_is_pooled(tok):
+    """A long prompt is cut as it is without a tail (so the pooled ids are the encoder's); the tail
+    gets only the room left, down to nothing."""
+    long = " ".join(PROMPTS * 3)
+    for max_len in (40, 64, 96):
+        plain = alignment.sft_arrays(tok, TEMPLATE, [long], [BEST[0]], max_len=max_len, eos=False, summary_cue=CUE)
+        a = alignment.sft_arrays(tok, TEMPLATE, [long], [BEST[0]], max_len=max_len, eos=False, summary_cue=CUE,
+                                 tails=[SUMMARIES[0][len(CUE):]])
+        k = int(a["pool_index"][0])
+        np.testing.assert_array_equal(a["input_ids"][0, :k + 1], plain["input_ids"][0, :int(plain["length"][0])])
+        assert int(a["length"][0]) <= max_len
 
 
 GOLDEN = {"sft": 5.9935, "dpo_step2": 0.5418, "rg_cl": 10.1336}

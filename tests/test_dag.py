@@ -128,10 +128,12 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
     assert (lake / "models" / "reasoner_cl" / f"ds={DS}" / "query_projection.safetensors").exists()
     assert "rg_sft/loss" in children["rg_sft"].data.metrics
     dpo = children["rg_dpo"].data.metrics
-    assert dpo["first_loss"] == pytest.approx(0.6931, abs=1e-3)  # the policy starts as its reference
+    assert dpo["first_dpo_loss"] == pytest.approx(0.6931, abs=1e-3)  # the policy starts as its reference
+    assert dpo["first_loss"] > dpo["first_dpo_loss"]  # + the anchor's NLL on chosen query + summary
     assert {"rg_dpo/rewards/accuracies", "rg_dpo/rewards/margins", "rg_dpo/anchor_nll", "rg_dpo/dpo_loss"} <= set(dpo)
     cl = children["rg_cl"].data.metrics
     assert {"valid_before/alignment_gap", "valid_after/alignment_gap", "rg_cl/pair_accuracy", "rg_cl/lm_loss"} <= set(cl)
+    assert cl["summary_tokens"] > 0  # RG-CL's rows go on after the cue with the summary
     cal = children["calibrate"].data.metrics
     assert {"loop/valid_gauc", "test_ece_before", "test_ece_after", "kept_round"} <= set(cal)
     assert (lake / "models" / "qe_rec_calibrated" / f"ds={DS}" / "calibration.json").exists()
