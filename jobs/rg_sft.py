@@ -56,12 +56,12 @@ def run(ctx: stage.Context) -> dict:
             summaries = align_stage.session_summaries(ctx, best.session_id.tolist(), ctx.windows()["train"])
             targets = [q + s for q, s in zip(targets, summaries)]
         arrays = alignment.sft_arrays(tok, cfg["reasoner"]["template"], best.prompt.tolist(), targets, int(scfg["max_len"]))
-        n_query = int((arrays["labels"] != alignment.IGNORE).sum())
-        log.info("RG-SFT: %d examples, %d target tokens of %d", len(best), n_query, int(arrays["length"].sum()))
+        n_target = int((arrays["labels"] != alignment.IGNORE).sum())
+        log.info("RG-SFT: %d examples, %d target tokens of %d", len(best), n_target, int(arrays["length"].sum()))
         history = align_stage.train_reasoner(ctx, "rg_sft", "sft", arrays, base, out, fp, scfg["train"])
         align_stage.plot_history(ctx, history, ["loss", "tokens_per_s"], "rg_sft")
         align_stage.compare_generations(ctx, base, out)
-        result.update({"first_loss": history[0]["loss"], "final_loss": history[-1]["loss"], "query_tokens": n_query,
+        result.update({"first_loss": history[0]["loss"], "final_loss": history[-1]["loss"], "target_tokens": n_target,  # query + summary
                        "tokens_per_s": float(np.mean([h["tokens_per_s"] for h in history[1:]] or [history[-1]["tokens_per_s"]]))})
     result["reasoner_version"] = model_version(out)
     return {**result, **align_stage.measure(ctx, "sft", out)}
