@@ -59,7 +59,7 @@ def contrastive_arrays(ctx: stage.Context, reasoner: str, qe_path: str, query_va
     tok = align_stage.tokenizer(reasoner)
     cue = cfg["reasoner"]["summary_cue"]
     tails = None
-    if cfg["rg_cl"]["train_summary"] and cue:
+    if summary_spec(cfg):  # the rows carry a summary exactly when the fingerprint says so
         tails = [s[len(cue):] for s in align_stage.session_summaries(ctx, sids.tolist(), days)]  # the cue is in the pooled part
     arrays = alignment.sft_arrays(tok, cfg["reasoner"]["template"], text.prompt.tolist(), text.latent_query.tolist(),
                                   int(cfg["rg_cl"]["max_len"]), eos=False, summary_cue=cue, tails=tails)
