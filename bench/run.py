@@ -595,9 +595,11 @@ def write_benchmarks_md() -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scales", default="small,medium,large", help="simulator scales for the extraction benchmark")
+    p.add_argument("--scales", default="small,medium,large", metavar="S1,S2",
+                   help="comma-separated simulator scales for the foundation (extraction) benchmark, from "
+                        "tiny, small, medium, large (conf/simulate_logs.yaml: 300 to 200k users; default: %(default)s)")
     p.add_argument("--only-md", action="store_true", help="only regenerate BENCHMARKS.md from bench/results")
-    p.add_argument("--only", choices=["foundation", "reasoner", "retrieval", "rankers", "alignment", "dag"], help="run one benchmark (default: all)")
+    p.add_argument("--only", choices=["foundation", "reasoner", "retrieval", "rankers", "alignment", "dag"], help="run one benchmark (default: all; query_ceiling is its own module, see above)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

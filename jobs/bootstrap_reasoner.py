@@ -177,7 +177,7 @@ def run(ctx: stage.Context) -> dict:
             np.savez(work / data_file, **arrays)
         with lake.write_partition(out, {"fingerprint": fp}) as tmp:
             spec = {
-                "name": "bootstrap", "objective": objective, "model_dir": str(work / "init"), "data": str(work / data_file),
+                "name": "bootstrap", "config_section": "train", "objective": objective, "model_dir": str(work / "init"), "data": str(work / data_file),
                 "bucket_by": bucket,
                 "ds_config": str(PROJECT_ROOT / tcfg["ds_config"]), "global_batch": int(tcfg["global_batch"]),
                 "train_steps": int(tcfg["steps"]), "lr": float(tcfg["lr"]), "warmup_steps": int(tcfg["warmup_steps"]),

@@ -52,8 +52,12 @@ def run(ctx: stage.Context) -> dict:
     from rgalign_core.reasoner import model_version, reasoner_dir
     from rgalign_core.train_ranker import load_model, predict, run_job
 
+    from rgalign_core.calibration import FITTERS
+
     cfg, lake = ctx.cfg, ctx.lake
     ccfg = cfg["calibrate"]
+    if ccfg["method"] not in ("auto", *FITTERS):  # checked before the rounds train for minutes
+        raise stage.StageError(f"calibrate.method={ccfg['method']!r}: use one of auto, {', '.join(FITTERS)}")
     seeds = list(cfg["ranker"]["seeds"])
     cl_seed = int(cfg["rg_cl"]["model_seed"])
     reasoner = align_stage.reasoner_path(ctx, "cl")

@@ -22,7 +22,6 @@ from rgalign_core.config import PROJECT_ROOT
 
 log = logging.getLogger("rgalign.align")
 PREVIOUS = {"sft": "base", "dpo": "sft", "cl": "dpo", "calibrated": "cl"}
-MAKER = {"base": "bootstrap_reasoner", "sft": "rg_sft", "dpo": "rg_dpo", "cl": "rg_cl", "calibrated": "calibrate"}
 
 
 def reasoner_path(ctx: stage.Context, variant: str) -> str:
@@ -35,7 +34,7 @@ def reasoner_path(ctx: stage.Context, variant: str) -> str:
         return require_reasoner(ctx)
     path = reasoner_dir(ctx.lake, ctx.ds, variant)
     if not ctx.lake.is_complete(path):
-        raise stage.StageError(f"no {variant} reasoner at {path}: run {MAKER[variant]} for {ctx.ds} first")
+        raise stage.StageError(f"no {variant} reasoner at {path}: run {ctx.lake.producer(path)} for {ctx.ds} first")
     return path
 
 
@@ -47,8 +46,7 @@ def qe_rec_path(ctx: stage.Context, variant: str, seed: int) -> str:
     """``models/qe_rec[_<variant>]/ds=<ds>/seed=<seed>``, or a StageError naming the stage to run."""
     root = ctx.lake.partition("models", qe_rec_name(variant), ctx.ds, key="ds")
     if not ctx.lake.is_complete(root):
-        maker = "train_qe_rec" if variant == "base" else MAKER[variant]
-        raise stage.StageError(f"no QE-Rec for the {variant} queries at {root}: run {maker} for {ctx.ds} first")
+        raise stage.StageError(f"no QE-Rec for the {variant} queries at {root}: run {ctx.lake.producer(root)} for {ctx.ds} first")
     path = f"{root}/seed={seed}"
     if not Path(path, "model.safetensors").exists():
         raise stage.StageError(f"{path}/model.safetensors is missing: seed {seed} is not in that run's ranker.seeds")
@@ -63,6 +61,10 @@ def tokenizer(path: str):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+# where each objective's `train:` block lives (calibrate's rounds run RG-CL with rg_cl.train)
+TRAIN_SECTION = {"sft": "rg_sft", "dpo": "rg_dpo", "rg_cl": "rg_cl"}
 
 
 def train_reasoner(ctx: stage.Context, name: str, objective: str, arrays: dict, init_dir: str, out: str, fp: str,
@@ -84,6 +86,7 @@ def train_reasoner(ctx: stage.Context, name: str, objective: str, arrays: dict, 
         with lake.write_partition(out, {"fingerprint": fp, "parent_version": model_version(init_dir)}) as tmp:
             spec = {
                 "name": name, "objective": objective, "model_dir": init_dir, "data": str(work / "data.npz"),
+                "config_section": f"{TRAIN_SECTION.get(objective, ctx.stage)}.train",  # named in batch-size errors
                 "ds_config": str(PROJECT_ROOT / tcfg["ds_config"]), "global_batch": int(tcfg["global_batch"]),
                 "train_steps": int(tcfg["steps"]), "lr": float(tcfg["lr"]), "warmup_steps": int(tcfg.get("warmup_steps", 0)),
                 "weight_decay": float(tcfg.get("weight_decay", 0.0)), "seed": int(tcfg.get("seed", 0)),

@@ -5,12 +5,17 @@ Precedence, lowest first: pipeline.yaml < <stage>.yaml < environment (RGALIGN_LA
 RGALIGN_RAW_ROOT, RGALIGN_SPARK_MASTER, MLFLOW_TRACKING_URI,
 RGALIGN_MLFLOW_ARTIFACT_ROOT) < ``--set a.b=value`` on the
 command line. Values given with ``--set`` are parsed as YAML, so ``--set sim.users=500`` is an int.
+A ``--set`` key that no file in ``conf/`` has is still set, with a warning that names the nearest
+keys: a typo (``rg_cl.train.step``) would otherwise be ignored without a word.
 """
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -33,6 +38,37 @@ def _merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+log = logging.getLogger("rgalign.config")
+
+
+@functools.lru_cache(maxsize=4)
+def known_keys(conf_dir: Path = CONF_DIR) -> frozenset[str]:
+    """Every dotted key (sections too) of every stage file in ``conf_dir``: what a ``--set`` may
+    name. The DAG passes one list of overrides to every job, so a key of another stage is known."""
+    keys: set[str] = set()
+
+    def walk(node: dict, prefix: str) -> None:
+        for k, v in node.items():
+            keys.add(prefix + str(k))
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+
+    for f in sorted(Path(conf_dir).glob("*.yaml")):
+        walk({k: v for k, v in (yaml.safe_load(f.read_text()) or {}).items() if k != "uses"}, "")
+    return frozenset(keys)
+
+
+def warn_unknown(dotted: str, conf_dir: Path = CONF_DIR) -> bool:
+    """Log a warning (with the nearest known keys) when no config file has ``dotted``; True if so."""
+    keys = known_keys(Path(conf_dir))
+    if dotted in keys:
+        return False
+    near = difflib.get_close_matches(dotted, keys, n=3, cutoff=0.6)
+    log.warning("--set %s: no file in %s has this key, so only code that reads it as optional sees it%s",
+                dotted, conf_dir, f"; did you mean {' or '.join(near)}?" if near else "")
+    return True
 
 
 def set_path(cfg: dict, dotted: str, value) -> None:
@@ -106,6 +142,7 @@ def load(stage: str, overrides: list[str] | None = None, conf_dir: Path | None =
         if os.environ.get(env):
             set_path(cfg, dotted, os.environ[env])
     for k, v in parse_set(overrides or []):
+        warn_unknown(k, conf_dir)
         set_path(cfg, k, v)
     _resolve_paths(cfg)
     cfg["stage"] = stage

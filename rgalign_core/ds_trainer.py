@@ -60,6 +60,7 @@ def launch(spec: dict, nproc: int, workdir: Path) -> list[dict]:
     """Run the training described by ``spec`` on ``nproc`` processes; returns the logged metrics."""
     import torch
 
+    check(spec, nproc, len(next(iter(load_data(spec["data"]).values()))))
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path = workdir / "spec.json"
     spec = {**spec, "metrics_file": str(workdir / "metrics.jsonl")}
@@ -180,15 +181,37 @@ def bucketed_permutation(lengths: np.ndarray, global_batch: int, rng) -> np.ndar
 # ---- the loop (in each launched process) ----------------------------------------------------------
 
 def ds_config(spec: dict, world: int) -> dict:
+    """The DeepSpeed config file with the batch sizes filled in from ``global_batch`` and ``world``,
+    and ``"enabled": "auto"`` of bf16/fp16 made a bool (DeepSpeed itself drops "auto": bf16 would
+    stay off on GPUs that have it)."""
+    import torch
+
     cfg = json.loads(Path(spec["ds_config"]).read_text())
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     global_batch = int(spec["global_batch"])
+    section = spec.get("config_section", "train")
     if global_batch % (world * accum):
-        raise ValueError(f"global_batch {global_batch} is not divisible by world size {world} x grad accumulation {accum}")
+        raise ValueError(f"{section}.global_batch={global_batch} is not divisible by {section}.nproc={world} x "
+                         f"gradient_accumulation_steps={accum} (in {spec['ds_config']}): set a multiple of {world * accum}")
     cfg["train_micro_batch_size_per_gpu"] = global_batch // (world * accum)
     cfg["gradient_accumulation_steps"] = accum
     cfg["train_batch_size"] = global_batch
+    gpu = torch.cuda.is_available()
+    if (cfg.get("bf16") or {}).get("enabled") == "auto":
+        cfg["bf16"]["enabled"] = bool(gpu and torch.cuda.is_bf16_supported())
+    if (cfg.get("fp16") or {}).get("enabled") == "auto":
+        cfg["fp16"]["enabled"] = False  # bf16 or fp32: fp16 needs loss scaling we do not tune
     return cfg
+
+
+def check(spec: dict, nproc: int, n_rows: int) -> None:
+    """What would stop the launched processes, raised here where the stage shows it: the batch
+    split (``ds_config``) and at least one global batch of rows."""
+    ds_config(spec, nproc)
+    section = spec.get("config_section", "train")
+    if n_rows < int(spec["global_batch"]):
+        raise ValueError(f"{n_rows} training rows is fewer than one global batch ({section}.global_batch="
+                         f"{spec['global_batch']}): lower it, or give the stage more days (windows.train_days)")
 
 
 def train(spec: dict) -> None:

@@ -81,10 +81,36 @@ class Lake:
 
     def require(self, path: str, what: str) -> None:
         if not self.is_complete(path):
+            maker = self.producer(path)
             raise MissingPartition(
                 f"{what}: partition {path} is missing or incomplete (no {SUCCESS}). "
-                "Run the upstream task for that date first."
+                + (f"It is written by {maker}: run that task for this date first." if maker
+                   else "Run the upstream task for that date first.")
             )
+
+    def producer(self, path: str) -> str | None:
+        """The task that writes ``path`` (by its area and table), for error messages; None if unknown."""
+        if path.startswith(self.raw_root + "/"):
+            return "simulate_logs (or your export of the raw tables)"
+        if not path.startswith(self.root + "/"):
+            return None
+        area, _, rest = path[len(self.root) + 1:].partition("/")
+        table = rest.split("/", 1)[0]
+        by_area = {"truth": "simulate_logs", "validated": "validate_raw", "quarantine": "validate_raw",
+                   "features": "extract_features", "teachers": "teachers_generate", "rewards": "reward_select",
+                   "serving": "publish", "reports": table}
+        if area in by_area:
+            return by_area[area]
+        variant = table
+        if area == "models":
+            fixed = {"reasoner": "bootstrap_reasoner", "two_tower": "train_baseline", "qe_rec": "train_qe_rec"}
+            if table in fixed:
+                return fixed[table]
+            variant = next((table[len(p):] for p in ("reasoner_", "qe_rec_") if table.startswith(p)), None)
+        elif area != "queries":
+            return None
+        by_variant = {"base": "encode_queries", "sft": "rg_sft", "dpo": "rg_dpo", "cl": "rg_cl", "calibrated": "calibrate"}
+        return by_variant.get(variant) or ("calibrate" if variant and variant.startswith("cal") else None)
 
     # ---- atomic writes -----------------------------------------------------------------------
     @contextmanager

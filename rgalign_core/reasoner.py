@@ -66,15 +66,14 @@ def reasoner_dir(lake, ds, variant: str = "base") -> str:
 
 
 def resolve_reasoner(lake, ds, cfg: dict) -> str | None:
-    """The reasoner for this date: the bootstrapped one when complete, else ``reasoner.base_model``
-    when it is a local checkpoint directory; None when neither exists."""
-    bootstrapped = reasoner_dir(lake, ds)
-    if lake.is_complete(bootstrapped):
-        return bootstrapped
+    """The reasoner for this date: ``reasoner.base_model`` when it names a checkpoint (a local
+    directory with a config.json, else None), else the bootstrapped built-in one when complete.
+    A configured checkpoint wins over a bootstrapped reasoner an earlier run left for the date."""
     base = str((cfg.get("reasoner") or {}).get("base_model") or "builtin:tiny")
-    if base != "builtin:tiny" and Path(base, "config.json").exists():
-        return base
-    return None
+    if base != "builtin:tiny":
+        return base if Path(base, "config.json").exists() else None
+    bootstrapped = reasoner_dir(lake, ds)
+    return bootstrapped if lake.is_complete(bootstrapped) else None
 
 
 def format_prompt(template: str, prompt: str) -> str:

@@ -66,10 +66,18 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def config_help(stage: str) -> str:
+    """--help's last line: which config files this stage reads (only those that exist)."""
+    own = config_mod.CONF_DIR / f"{stage}.yaml"
+    files = "conf/pipeline.yaml" + (f" merged with conf/{stage}.yaml" if own.exists() else "")
+    return (f"Config: {files}; see their headers and comments for every key. Any key can be overridden "
+            f"with --set (a key no config file has is set with a warning).")
+
+
 def parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"python -m jobs.{stage}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"Config: conf/pipeline.yaml merged with conf/{stage}.yaml; see their headers for every key.",
+        epilog=config_help(stage),
     )
     p.add_argument("--ds", required=True, help="logical date YYYY-MM-DD (Airflow's {{ ds }}); inputs and outputs are found from it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

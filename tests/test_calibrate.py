@@ -55,3 +55,12 @@ def test_bucketed_batches_are_a_permutation_with_similar_lengths():
     # padding a batch to its longest row wastes far less with buckets
     pad = lambda p: sum(32 * lengths[p[i:i + 32]].max() - lengths[p[i:i + 32]].sum() for i in range(0, 992, 32))  # noqa: E731
     assert pad(perm) < 0.1 * pad(rng.permutation(1000))
+
+
+def test_an_unknown_method_stops_the_job_before_anything_trains(tmp_path, overrides):
+    from jobs import calibrate
+    from rgalign_core.stage import StageError
+
+    with pytest.raises(StageError, match=r"calibrate.method='isotnic': use one of auto, temperature, isotonic"):
+        calibrate.main(["--ds", "2026-12-01", *overrides(), "--set", "calibrate.method=isotnic"])
+    assert not (tmp_path / "lake" / "models").exists()

@@ -83,3 +83,17 @@ def test_resume_reproduces_the_next_steps(setup, one_proc):
     got = _losses(resumed)
     assert min(got) == 3  # continued from the saved step
     np.testing.assert_allclose([got[3], got[4]], [full[3], full[4]], rtol=1e-5)
+
+
+def test_batch_problems_are_raised_before_launching_and_name_the_key(setup, tmp_path):
+    with pytest.raises(ValueError, match=r"rg_sft\.train\.global_batch=9 is not divisible by rg_sft\.train\.nproc=2"):
+        ds_trainer.launch(spec(setup, "odd", global_batch=9, config_section="rg_sft.train"), 2, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"64 training rows is fewer than one global batch \(train\.global_batch=128\)"):
+        ds_trainer.launch(spec(setup, "big", global_batch=128), 1, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing was launched
+
+
+def test_auto_precision_is_a_bool_deepspeed_keeps(setup, tmp_path):
+    cfg = ds_trainer.ds_config({**spec(setup, "z2"), "ds_config": str(PROJECT_ROOT / "conf/deepspeed/zero2.json")}, 1)
+    assert cfg["bf16"]["enabled"] is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert cfg["train_micro_batch_size_per_gpu"] == 8

@@ -593,6 +593,10 @@ def test_job_resolves_the_current_reasoner(tmp_path):
     cfg2 = load("teachers_generate", [f"lake.root={tmp_path / 'lake2'}", f"reasoner.base_model={ckpt}"])
     ctx2 = Context(stage="teachers_generate", ds=DS, cfg=cfg2, lake=Lake(cfg2["lake"]["root"]), force=False, tracker=None)
     assert teachers_generate.resolve_specs(ctx2, specs) == (specs, str(ckpt), [])
+    # ... and also when a bootstrapped reasoner of an earlier run is there: the config says which
+    cfg3 = load("teachers_generate", [f"lake.root={tmp_path / 'lake'}", f"reasoner.base_model={ckpt}"])
+    ctx3 = Context(stage="teachers_generate", ds=DS, cfg=cfg3, lake=lake, force=False, tracker=None)
+    assert teachers_generate.resolve_specs(ctx3, specs) == (specs, str(ckpt), [])
 
 
 def test_build_from_a_whole_stage_config():
