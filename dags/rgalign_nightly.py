@@ -59,7 +59,8 @@ task is one job in `jobs/`, each recorded as an MLflow child run under one paren
 
 **Params**: `source` (simulator | lake), `lake_root` (empty = config default), `scale`
 (simulator size), `seed`, `force` (recompute outputs that are already up to date),
-`overrides` (config values for every job, e.g. `["train.steps=50", "encode.batch_size=32"]`).
+`overrides` (config values for every job, e.g. `["ranker.epochs=10", "encode.batch_size=32"]`;
+`train.*` is bootstrap_reasoner's, each alignment stage has its own `rg_sft.train.*`...).
 """
 
 
@@ -101,7 +102,7 @@ def job(stage: str, **kwargs) -> BashOperator:
         "seed": Param(17, type="integer", minimum=0, description="simulator seed"),
         "force": Param(False, type="boolean", description="recompute outputs that are already up to date"),
         "overrides": Param([], type="array", items={"type": "string"},
-                           description='config overrides passed to every job, e.g. ["train.steps=50"]'),
+                           description='config overrides passed to every job, e.g. ["ranker.epochs=10", "rg_sft.train.steps=50"]'),
     },
 )
 def rgalign_nightly():
