@@ -91,13 +91,22 @@ def test_sft_golden_loss_and_every_parameter_moves(tok):
     assert moved(model, before) == [k for k, _ in model.named_parameters()]
 
 
-def test_sft_loss_ignores_prompt_tokens(tok):
-    """Changing only the prompt's labels cannot change the loss: they are -100."""
+def test_sft_loss_is_the_mean_cross_entropy_of_the_query_tokens_only(tok):
+    """By hand: each labelled token (the query and its eos, never the prompt or padding) predicted
+    from the position before it, averaged over those tokens."""
+    import torch.nn.functional as F
+
     model = model_of(tok)
     a = alignment.sft_arrays(tok, TEMPLATE, PROMPTS, BEST, max_len=64)
     b = batch_of(a)
-    full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)).loss
-    assert float(alignment.sft_loss(model, b)[0].detach()) != pytest.approx(float(full.detach()), abs=1e-3)
+    with torch.no_grad():
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        terms = [F.cross_entropy(logits[i, t - 1], b["labels"][i, t], reduction="none")
+                 for i in range(len(PROMPTS)) for t in range(1, b["labels"].shape[1]) if b["labels"][i, t] != alignment.IGNORE]
+        by_hand = torch.stack(terms).mean()
+        loss, _ = alignment.sft_loss(model, b)
+    assert len(terms) == sum(len(tok(f" {q}").input_ids) + 1 for q in BEST)  # the query tokens and eos
+    assert float(loss) == pytest.approx(float(by_hand), abs=1e-5)
 
 
 # ---- DPO -----------------------------------------------------------------------------------------
@@ -294,3 +303,64 @@ def test_a_summary_tail_never_cuts_the_prompt_that_is_pooled(tok):
 
 
 GOLDEN = {"sft": 5.9935, "dpo_step2": 0.5418, "rg_cl": 10.1336}
+
+
+# ---- the same objectives under the DeepSpeed loop (the launcher, the engine, bucketing, saving) ----
+
+def _launch(tmp_path, tok, objective: str, arrays: dict, **extra) -> tuple[list[dict], dict, dict]:
+    """One DeepSpeed process, one global batch of every row, 2 steps; returns the history and the
+    saved weights before/after (the reasoner's model.safetensors)."""
+    from safetensors.torch import load_file
+
+    from rgalign_core import ds_trainer
+    from rgalign_core.config import PROJECT_ROOT
+
+    init = tmp_path / "init"
+    model_of(tok).save_pretrained(init)
+    tok.save_pretrained(init)
+    np.savez(tmp_path / "data.npz", **arrays)
+    n = len(arrays["length"]) if "length" in arrays else len(next(iter(arrays.values())))
+    spec = {"name": objective, "objective": objective, "model_dir": str(init), "data": str(tmp_path / "data.npz"),
+            "ds_config": str(PROJECT_ROOT / "conf/deepspeed/zero0.json"), "global_batch": n, "train_steps": 2,
+            "lr": 3e-3, "warmup_steps": 0, "seed": 0, "log_every": 1, "bucket_by": "length",
+            "checkpoint_dir": str(tmp_path / "ckpt"), "out_dir": str(tmp_path / "out"), **extra}
+    history = ds_trainer.launch(spec, 1, tmp_path / "run")
+    return history, load_file(init / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+
+
+def _all_changed(before: dict, after: dict) -> list[str]:
+    assert before.keys() == after.keys()
+    return [k for k in before if torch.equal(before[k], after[k])]
+
+
+def test_sft_under_deepspeed_starts_at_the_golden_loss_and_changes_every_weight(tok, tmp_path):
+    a = alignment.sft_arrays(tok, TEMPLATE, PROMPTS, BEST, max_len=64)
+    history, before, after = _launch(tmp_path, tok, "sft", a)
+    assert history[0]["step"] == 1 and history[0]["loss"] == pytest.approx(GOLDEN["sft"], abs=1e-4)
+    assert history[1]["loss"] < history[0]["loss"]
+    assert _all_changed(before, after) == []
+
+
+def test_dpo_under_deepspeed_starts_at_log2_and_changes_every_weight(tok, tmp_path):
+    a = alignment.dpo_arrays(tok, TEMPLATE, PROMPTS, BEST, WORST, max_len=64)
+    history, before, after = _launch(tmp_path, tok, "dpo", a, beta=0.5, anchor_weight=0.0)
+    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == frozen reference at step 1
+    assert history[1]["loss"] == pytest.approx(GOLDEN["dpo_step2"], abs=1e-3)  # the plain test's AdamW has weight decay 0.01, this loop 0
+    assert _all_changed(before, after) == []
+
+
+def test_rg_cl_under_deepspeed_starts_at_the_golden_loss_and_changes_the_reasoner_and_projection(tok, qe_rec_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    path, data = qe_rec_dir
+    qe, _, _ = train_ranker.load_model(path)
+    targets = alignment.intent_targets(qe, data, np.arange(data.n))
+    n = len(targets.pop("rows"))
+    text = alignment.sft_arrays(tok, TEMPLATE, [PROMPTS[i % len(PROMPTS)] for i in range(n)],
+                                [BEST[i % len(BEST)] for i in range(n)], max_len=64, eos=False)
+    history, before, after = _launch(tmp_path, tok, "rg_cl", {**text, **targets}, projection_dir=str(path), tau=0.1,
+                                     lm_weight=1.0)
+    assert history[0]["loss"] == pytest.approx(GOLDEN["rg_cl"], abs=1e-4)
+    assert _all_changed(before, after) == []
+    projection = load_file(tmp_path / "out" / "query_projection.safetensors")
+    assert [k for k, v in qe.query.state_dict().items() if torch.equal(v, projection[k])] == []

@@ -126,6 +126,14 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
         assert len(_complete(lake, "queries", variant)) == 20
         assert (lake / "models" / f"qe_rec_{variant}" / f"ds={DS}" / "test_predictions.parquet").exists()
     assert (lake / "models" / "reasoner_cl" / f"ds={DS}" / "query_projection.safetensors").exists()
+    # each stage trained every weight of the reasoner it started from (a stage that copied it would not)
+    from safetensors.torch import load_file
+
+    chain = ["reasoner", "reasoner_sft", "reasoner_dpo", "reasoner_cl"]
+    weights = {m: load_file(lake / "models" / m / f"ds={DS}" / "model.safetensors") for m in chain}
+    for parent, child in zip(chain, chain[1:]):
+        assert weights[parent].keys() == weights[child].keys()
+        assert [k for k in weights[child] if weights[child][k].equal(weights[parent][k])] == [], child
     assert "rg_sft/loss" in children["rg_sft"].data.metrics
     dpo = children["rg_dpo"].data.metrics
     assert dpo["first_dpo_loss"] == pytest.approx(0.6931, abs=1e-3)  # the policy starts as its reference

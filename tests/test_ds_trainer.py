@@ -93,7 +93,11 @@ def test_batch_problems_are_raised_before_launching_and_name_the_key(setup, tmp_
     assert not (tmp_path / "run").exists()  # nothing was launched
 
 
-def test_auto_precision_is_a_bool_deepspeed_keeps(setup, tmp_path):
-    cfg = ds_trainer.ds_config({**spec(setup, "z2"), "ds_config": str(PROJECT_ROOT / "conf/deepspeed/zero2.json")}, 1)
-    assert cfg["bf16"]["enabled"] is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    assert cfg["train_micro_batch_size_per_gpu"] == 8
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU case: no bf16, no fp16")
+def test_auto_precision_becomes_a_bool_deepspeed_keeps(setup, tmp_path):
+    # DeepSpeed drops "auto" values, so they are decided here; on a CPU both are off
+    path = tmp_path / "auto.json"
+    path.write_text('{"bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}, "gradient_accumulation_steps": 2}')
+    cfg = ds_trainer.ds_config({**spec(setup, "auto"), "ds_config": str(path)}, 2)
+    assert cfg["bf16"]["enabled"] is False and cfg["fp16"]["enabled"] is False
+    assert (cfg["train_micro_batch_size_per_gpu"], cfg["train_batch_size"]) == (2, 8)  # 8 = 2 ranks x 2 accum x 2

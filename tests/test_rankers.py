@@ -76,6 +76,19 @@ def test_fit_is_deterministic_and_learns():
     assert runs[0][-1] < runs[0][0]
 
 
+@pytest.mark.parametrize("name", ["two_tower", "qe_rec"])
+def test_fit_changes_every_parameter_of_the_model_it_keeps(name):
+    """fit's own loop (id dropout, mark_seen, the best epoch's state reloaded), not a hand loop."""
+    data = tiny_data()
+    idx = np.arange(data.n)
+    model = train_ranker.build(name, train_ranker.schema_of(data), TINY, seed=3)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    kept, hist = train_ranker.fit(model, data, idx[:64], idx[64:], {**TRAIN, "epochs": 3, "patience": 3}, seed=3)
+    assert [k for k, v in kept.named_parameters() if torch.equal(v, before[k])] == []
+    best = max(h["valid_gauc"] for h in hist)
+    assert train_ranker.evaluate(kept, data, idx[64:])["gauc"] == pytest.approx(best, abs=1e-9)  # the best epoch's state
+
+
 def test_learning_rate_drops_on_each_validation_plateau():
     """lr_decay/lr_plateau: the rate an epoch trains at halves after every lr_plateau epochs in a row
     without a better validation GAUC, and stays put after an epoch that improved."""

@@ -227,6 +227,7 @@ def test_job_end_to_end(tiny_lake):
     days = windows(dt.date.fromisoformat(DS), {"windows": {k.split(".")[1]: v for k, v in WINDOWS.items()}})["train"]
     sch = RS.schemas()
     n_best = n_pairs = 0
+    first_pairs = []
     for d in days:
         tables = {}
         for t in RS.TABLES:
@@ -250,6 +251,7 @@ def test_job_end_to_end(tiny_lake):
                                                 - min(r["reward"] for r in scored[p["session_id"]]), abs=1e-5)
         n_best += len(best)
         n_pairs += tables["pairs"].num_rows
+        first_pairs += tables["pairs"].to_pylist()
     assert result["sessions_scored"] == n_best and result["pairs"] == n_pairs > 0
     assert result["sessions_skipped_no_click"] > 0
     assert result["teacher_ids"] == ["builtin:rules", "builtin:retrieval"]
@@ -264,7 +266,7 @@ def test_job_end_to_end(tiny_lake):
                 "sessions_skipped_no_click", "pairs", "margin_mean", "candidates_per_s", "greedy_reward_mean",
                 "best_reward_mean"):
         assert key in m, (key, sorted(m))
-    assert m["best_reward_mean"] >= m["greedy_reward_mean"] - 1.0  # sanity, not a claim: both are finite log-probs
+    assert np.isfinite(m["best_reward_mean"]) and np.isfinite(m["greedy_reward_mean"])  # log-probs of the click
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"teacher_win_rate.png", "reward_samples.md"} <= artifacts
     md = open(client.download_artifacts(run.info.run_id, "reward_samples.md", str(tiny_lake))).read()
@@ -278,6 +280,7 @@ def test_job_end_to_end(tiny_lake):
     assert again["pairs"] == n_pairs and again["sessions_scored"] == n_best
     # a stricter margin keeps fewer pairs and recomputes (the setting is in the fingerprint)
     strict = RS.main([*argv, "--set", "reward.min_margin=0.5"])
-    assert strict["pairs"] <= n_pairs and "skipped" not in strict
+    assert "skipped" not in strict
     for d in days:
         assert all(p["margin"] > 0.5 for p in lake.read_partition(lake.partition("rewards", "pairs", d), "pairs").to_pylist())
+    assert strict["pairs"] == sum(p["margin"] > 0.5 for p in first_pairs)  # exactly the first run's pairs above 0.5

@@ -421,16 +421,12 @@ def test_dedupe_across_teachers_keeps_the_first_teachers():
 
 
 def test_hf_teacher_samples_through_the_reasoner(tmp_path):
-    try:
-        from rgalign_core.reasoner import Reasoner  # noqa: F401  (being written in parallel)
-    except ImportError as e:
-        pytest.skip(f"rgalign_core.reasoner.Reasoner is not available yet ({e}); the hf:/builtin:reasoner "
-                    "teachers cannot be exercised")
     path = tiny_causal_lm(tmp_path / "tiny_lm")
     teacher = T.build_teacher(f"hf:{path}", {"seed": 2, "hf": {"max_new_tokens": 6, "temperature": 1.0}})
     batch = [DELAYED, session(session_id=8, prompt="A customer whose payment failed 2h ago.")]
     a = teacher.generate(batch, 2)
-    assert len(a) == 2 and all(len(c) <= 2 for c in a)
+    # sampled at temperature 1 from a random model: 2 distinct non-empty words-of-the-vocab strings each
+    assert len(a) == 2 and all(len(c) == 2 and len(set(c)) == 2 and all(q.strip() for q in c) for c in a)
     assert a == teacher.generate(batch, 2)  # deterministic for a seed
     teacher.close()
 
