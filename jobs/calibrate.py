@@ -87,7 +87,8 @@ def run(ctx: stage.Context) -> dict:
             rep = align(ctx, f"cal{r}", best["reasoner"], qe_path, best["variant"], out, fp, cl_train)
             ctx.tracker.metrics({f"loop/{k}": v for k, v in rep.items() if k.startswith("valid_after/")}, step=r)
         enc = encode(ctx, out, f"cal{r}", metric_prefix=f"round{r}/encode/")
-        ranked = run_job(ctx, "qe_rec", f"cal{r}", out_name=f"qe_rec_cal{r}", init_from=best["ranker"], overrides=finetune)
+        ranked = run_job(ctx, "qe_rec", f"cal{r}", out_name=f"qe_rec_cal{r}", init_from=best["ranker"], overrides=finetune,
+                         log_prefix=f"round{r}/")
         gauc = ranked.get("valid_gauc_mean")
         if gauc is None:  # up to date: read it back from the saved models
             gauc = _valid_gauc(ctx, lake.partition("models", f"qe_rec_cal{r}", ctx.ds, key="ds"), f"cal{r}", seeds)
@@ -140,6 +141,7 @@ def run(ctx: stage.Context) -> dict:
         Path(tmp, "calibration.json").write_text(json.dumps({"kept_round": best["round"], "reasoner": best["reasoner"],
                                                              "query_variant": best["variant"], "curve": curve, "seeds": rows}, indent=2))
     table = pd.DataFrame(rows)
+    ctx.tracker.artifact(f"{out}/seed={seeds[0]}", "model")  # the kept round's ranker + its calibration.json
     ctx.tracker.text(table.to_markdown(index=False, floatfmt=".4f"), "calibration.md")
     _plot_reliability(ctx, before_after)
     means = table.drop(columns=["method"]).mean(numeric_only=True)

@@ -31,6 +31,10 @@ HEADLINE = ("gauc", "recall_at_3")
 # first (the "new intents first" reference beats the oracle there and loses everywhere else).
 COLD_START = "cold-start intent shown"
 HEADLINE_SLICES = ("overall", COLD_START)
+# the parent run's metric keys for the reference rows (trained variants use their model's name), so a
+# relabelled row keeps its metric history
+REFERENCE_KEYS = {"logging policy (shown order)": "ref_logging_policy", "new intents first (shown order otherwise)": "ref_new_intents_first",
+                  "oracle (true relevance)": "ref_oracle"}
 
 
 def slices(f: dict) -> dict[str, np.ndarray]:
@@ -161,7 +165,8 @@ def run(ctx: stage.Context) -> dict:
     ctx.tracker.text(table.to_csv(index=False), "metrics_by_seed.csv")
     for name, fig in plots.items():
         ctx.tracker.figure(fig, name)
-    _to_parent(ctx, report_md, summary, plots)
+    keys = {**{v["name"]: v["model"] for v in ecfg["variants"]}, **REFERENCE_KEYS}
+    _to_parent(ctx, report_md, table, summary, plots, keys, headline)
     return {**headline, "variants": list(variants), "test_sessions": int(data.n), "test_impressions": int(len(f["clicked"]))}
 
 
@@ -301,23 +306,36 @@ def make_plots(table, variants, f, summary, order) -> dict:
     return plots
 
 
-def _to_parent(ctx, report_md: str, summary, plots: dict) -> None:
-    """The reviewer's view: the table and plots on the DAG run's parent run too."""
+def _to_parent(ctx, report_md: str, table, summary, plots: dict, keys: dict, headline: dict) -> None:
+    """The reviewer's view on the DAG run's parent run: the table, the per-seed rows and the plots,
+    and per variant (keyed by its model, e.g. ``test_gauc.qe_rec``, ``cold_start_gauc_std.two_tower``)
+    GAUC, Recall@3 and ECE with their std over seeds, overall and cold-start, and the headline z's."""
     import tempfile
+    import time
     from pathlib import Path
+
+    from mlflow.entities import Metric
 
     client = ctx.tracker.client
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "ablation.md").write_text(report_md)
         (Path(tmp) / "ablation.html").write_text(summary.to_html(float_format=lambda x: f"{x:.4f}"))
+        (Path(tmp) / "metrics_by_seed.csv").write_text(table.to_csv(index=False))
         for name, fig in plots.items():
             fig.savefig(Path(tmp) / name, dpi=110)
         client.log_artifacts(ctx.tracker.parent_id, tmp, "evaluation")
+    values = dict(headline)
     for (sl, v), row in summary.iterrows():
-        if sl == "overall" and not np.isnan(row[("mean", "gauc")]):
-            safe = _safe(v)
-            client.log_metric(ctx.tracker.parent_id, f"test_gauc.{safe}", float(row[("mean", "gauc")]))
-            client.log_metric(ctx.tracker.parent_id, f"test_recall_at_3.{safe}", float(row[("mean", "recall_at_3")]))
+        if sl not in HEADLINE_SLICES or np.isnan(row[("mean", "gauc")]):
+            continue
+        prefix = "test" if sl == "overall" else "cold_start"
+        for m in ("gauc", "recall_at_3", "ece"):
+            if not np.isnan(row[("mean", m)]):
+                values[f"{prefix}_{m}.{keys.get(v, _safe(v))}"] = float(row[("mean", m)])
+                if v not in REFERENCE_KEYS:  # references are deterministic: no spread
+                    values[f"{prefix}_{m}_std.{keys.get(v, _safe(v))}"] = float(row[("std", m)])
+    now = int(time.time() * 1000)
+    client.log_batch(ctx.tracker.parent_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(values.items())])
 
 
 def main(argv=None):

@@ -18,6 +18,24 @@ from typing import Iterator
 DAG_ID = "rgalign_nightly"
 
 
+def code_version() -> dict[str, str]:
+    """The checkout's commit and whether it has uncommitted changes (``unknown`` outside git)."""
+    import subprocess
+
+    from rgalign_core.config import PROJECT_ROOT
+
+    def git(*args) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit or "unknown", "git_dirty": "unknown" if status is None else str(bool(status)).lower()}
+
+
 def configure(cfg: dict) -> str:
     """Point MLflow at the configured store; create the experiment if needed. Returns its id."""
     import mlflow
@@ -49,12 +67,18 @@ def parent_run_id(client, experiment_id: str, airflow_run_id: str, ds: str) -> s
         max_results=1,
         order_by=["attributes.start_time ASC"],
     )
+    code = code_version()
     if found:
-        return found[0].info.run_id
+        parent = found[0]
+        # a stage on other code than the run started with (or on uncommitted code, which cannot be
+        # compared): say so where the reviewer looks
+        if code["git_commit"] != parent.data.tags.get("git_commit") or code["git_dirty"] == "true":
+            client.set_tag(parent.info.run_id, "code_changed_during_run", "true")
+        return parent.info.run_id
     run = client.create_run(
         experiment_id,
         run_name=f"{DAG_ID} {ds}",
-        tags={"rgalign_role": "dag_run", "dag_id": DAG_ID, "airflow_run_id": airflow_run_id, "logical_date": ds},
+        tags={"rgalign_role": "dag_run", "dag_id": DAG_ID, "airflow_run_id": airflow_run_id, "logical_date": ds, **code},
     )
     return run.info.run_id
 
@@ -77,8 +101,9 @@ class StageRun:
             self._mlflow.log_metrics(clean, step=step)
 
     def params(self, values: dict) -> None:
-        # MLflow caps param values at 6000 chars; configs are small, but be safe.
-        self._mlflow.log_params({k: str(v)[:5000] for k, v in values.items()})
+        # MLflow caps param values at 6000 chars; configs are small, but be safe. Values with line
+        # breaks (the summary cue, prompt templates) are logged quoted, or the UI shows them empty.
+        self._mlflow.log_params({k: (json.dumps(v) if "\n" in str(v) else str(v))[:5000] for k, v in values.items()})
 
     def dict(self, obj, name: str) -> None:
         self._mlflow.log_dict(obj, name)
@@ -128,7 +153,8 @@ def stage_run(cfg: dict, stage: str, ds: str, airflow_run_id: str | None) -> Ite
     client = mlflow.MlflowClient()
     airflow_run_id = airflow_run_id or f"manual__{ds}"
     parent = parent_run_id(client, experiment_id, airflow_run_id, ds)
-    tags = {"rgalign_role": "stage", "stage": stage, "dag_id": DAG_ID, "airflow_run_id": airflow_run_id, "logical_date": ds}
+    tags = {"rgalign_role": "stage", "stage": stage, "dag_id": DAG_ID, "airflow_run_id": airflow_run_id, "logical_date": ds,
+            **code_version()}
     t0 = time.time()
     status = "FAILED"
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent, tags=tags) as run:

@@ -152,11 +152,13 @@ def load_model(path: str | Path):
 # ---- the job body shared by train_baseline and train_qe_rec ----------------------------------------
 
 def run_job(ctx, model_name: str, query_variant: str | None, out_name: str | None = None, init_from: str | None = None,
-            overrides: dict | None = None) -> dict:
+            overrides: dict | None = None, log_prefix: str = "") -> dict:
     """Train ``cfg.ranker.seeds`` seeds, save each (safetensors + config) and its test predictions
     to ``models/<out_name or model_name>/ds=<ds>/``. ``init_from``: a models partition whose
     ``seed=<k>/`` weights start seed k (fine-tuning, as the calibration loop does); ``overrides``
-    replace ranker settings (epochs, lr...) for this call."""
+    replace ranker settings (epochs, lr...) for this call and are logged as ``<log_prefix>ranker.*``
+    params; ``log_prefix`` goes before every metric and artifact it logs (a stage that trains
+    several rankers in one run keeps them apart)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,7 +195,9 @@ def run_job(ctx, model_name: str, query_variant: str | None, out_name: str | Non
     data = ranking_data.load(lake, days, kb, query_variant=query_variant)
     tr, va, te = data.index(w["train"]), data.index(w["valid"]), data.index(w["test"])
     schema = schema_of(data)
-    ctx.tracker.params({"sessions.train": len(tr), "sessions.valid": len(va), "sessions.test": len(te)})
+    ctx.tracker.params({f"{log_prefix}sessions.train": len(tr), f"{log_prefix}sessions.valid": len(va),
+                        f"{log_prefix}sessions.test": len(te), f"{log_prefix}query_variant": query_variant or "none",
+                        **{f"{log_prefix}ranker.{k}": v for k, v in (overrides or {}).items()}})
     for name, paths in (("features.samples", inputs[:len(days)]),) + ((("queries." + query_variant, inputs[len(days):2 * len(days)]),) if query_variant else ()):
         ctx.tracker.dataset(lake, paths, name, context="training")
     results, histories, preds = {}, {}, []
@@ -205,8 +209,10 @@ def run_job(ctx, model_name: str, query_variant: str | None, out_name: str | Non
 
                 model.load_state_dict(load_file(f"{init_from}/seed={seed}/model.safetensors"))
             model, hist = fit(model, data, tr, va, rcfg, seed,
-                              log_metric=lambda row, ep, s=seed: ctx.tracker.metrics({f"seed{s}/{k}": v for k, v in row.items() if k != "epoch"}, step=ep))
+                              log_metric=lambda row, ep, s=seed: ctx.tracker.metrics({f"{log_prefix}seed{s}/{k}": v for k, v in row.items() if k != "epoch"}, step=ep))
             histories[seed] = hist
+            kept = max(hist, key=lambda h: h["valid_gauc"])  # the epoch fit restored (its last metric is the last epoch's)
+            ctx.tracker.metrics({f"{log_prefix}seed{seed}/best_valid_gauc": kept["valid_gauc"], f"{log_prefix}seed{seed}/best_epoch": kept["epoch"]})
             test = evaluate(model, data, te)
             results[seed] = test
             save(model, Path(tmp) / f"seed={seed}", model_name, schema, rcfg["model"], data.vocab,
@@ -229,10 +235,10 @@ def run_job(ctx, model_name: str, query_variant: str | None, out_name: str | Non
     ax[1].set(title="validation GAUC", xlabel="epoch")
     ax[1].legend()
     fig.tight_layout()
-    ctx.tracker.figure(fig, "training_curves.png")
+    ctx.tracker.figure(fig, f"{log_prefix}training_curves.png")
     plt.close(fig)
-    ctx.tracker.dict({str(s): r for s, r in results.items()}, "test_metrics_by_seed.json")
-    ctx.tracker.artifact(str(Path(out) / f"seed={rcfg['seeds'][0]}"), "model")
+    ctx.tracker.dict({str(s): r for s, r in results.items()}, f"{log_prefix}test_metrics_by_seed.json")
+    ctx.tracker.artifact(str(Path(out) / f"seed={rcfg['seeds'][0]}"), f"{log_prefix}model")
     sps = [h["samples_per_s"] for hist in histories.values() for h in hist]
     # the best validation GAUC each seed reached (the epoch early stopping kept), averaged
     summary["valid_gauc_seeds"] = [float(max(h["valid_gauc"] for h in hist)) for hist in histories.values()]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, VENV_BIN
 
 DS = "2026-11-21"
 # Keep the reasoner's training short in tests; the default trains for train.steps in its config.
@@ -119,7 +119,13 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
 
     parent_artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parents[0].info.run_id, "evaluation")}
     assert {"evaluation/ablation.md", "evaluation/ablation.png", "evaluation/gauc_by_slice.png",
-            "evaluation/calibration_curves.png"} <= parent_artifacts
+            "evaluation/calibration_curves.png", "evaluation/metrics_by_seed.csv"} <= parent_artifacts
+    # ... and the figures a reviewer compares across nights, keyed by model (not by the row's label)
+    parent_metrics = mlflow.MlflowClient().get_run(parents[0].info.run_id).data.metrics
+    assert {"test_gauc.two_tower", "test_gauc_std.qe_rec", "cold_start_recall_at_3.qe_rec_cl", "test_ece.qe_rec_calibrated",
+            "test_gauc.ref_oracle", "overall_gauc_z", "cold_start_recall_at_3_z"} <= set(parent_metrics)
+    assert parent_metrics["test_gauc.qe_rec"] == pytest.approx(children["train_qe_rec"].data.metrics["test_gauc_mean"], abs=1e-4)
+    assert parents[0].data.tags["git_commit"] and parents[0].data.tags["git_dirty"] in ("true", "false")
     # the alignment stages: each a new reasoner version, its queries, a QE-Rec on them, and its logs
     for variant in ("sft", "dpo", "cl"):
         assert (lake / "models" / f"reasoner_{variant}" / f"ds={DS}" / "model.safetensors").exists()
@@ -276,3 +282,24 @@ def test_lake_source_skips_the_simulator(dag_run, tmp_path):
     latest = max(runs, key=lambda r: r.info.start_time)
     assert "champion/gauc" in latest.data.metrics and latest.data.metrics["model_version"] >= 2
     assert len(_complete(new_lake, "serving", "topk")) == 1
+
+    # a challenger that fails the gate is registered and becomes the challenger; the champion keeps
+    # its alias and is what the serving table is scored with
+    import mlflow
+    import pandas as pd
+
+    client = mlflow.MlflowClient()
+    champion = int(client.get_model_version_by_alias("rgalign-qe-rec", "champion").version)
+    # seed 1 of the same night: a new model (a new version), scored against the champion
+    sets = [a for o in FAST + [f"lake.root={new_lake}", "publish.model_seed=1", "publish.gate.min_gain_over_champion=1.0"]
+            for a in ("--set", o)]
+    out = subprocess.run([str(VENV_BIN / "python"), "-m", "jobs.publish", "--ds", DS, *sets],
+                         env=env["env"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((new_lake / "reports" / "publish" / f"ds={DS}" / "report.json").read_text())
+    assert report["promoted"] == 0 and report["served_version"] == champion != report["model_version"]
+    rejected = client.get_model_version("rgalign-qe-rec", str(report["model_version"]))
+    assert rejected.tags["gate"] == "rejected"
+    assert int(client.get_model_version_by_alias("rgalign-qe-rec", "challenger").version) == report["model_version"]
+    assert int(client.get_model_version_by_alias("rgalign-qe-rec", "champion").version) == champion
+    assert (pd.read_parquet(new_lake / "serving" / "topk" / f"dt={DS}").model_version == champion).all()
