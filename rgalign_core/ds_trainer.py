@@ -60,7 +60,7 @@ def launch(spec: dict, nproc: int, workdir: Path) -> list[dict]:
     """Run the training described by ``spec`` on ``nproc`` processes; returns the logged metrics."""
     import torch
 
-    check(spec, nproc, len(next(iter(load_data(spec["data"]).values()))))
+    check(spec, nproc, row_count(spec["data"]))
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path = workdir / "spec.json"
     spec = {**spec, "metrics_file": str(workdir / "metrics.jsonl")}
@@ -158,6 +158,14 @@ def load_data(path: str) -> dict:
     return {"input_ids": np.load(path, mmap_mode="r")}
 
 
+def row_count(path: str) -> int:
+    """How many training rows ``path`` holds, reading one array's header, not the data."""
+    if path.endswith(".npz"):
+        with np.load(path) as z:
+            return len(z[z.files[0]])  # an npz reads arrays one by one: this loads only the first
+    return len(np.load(path, mmap_mode="r"))
+
+
 def to_batch(data: dict, rows: np.ndarray) -> dict:
     import torch
 
@@ -208,6 +216,10 @@ def check(spec: dict, nproc: int, n_rows: int) -> None:
     """What would stop the launched processes, raised here where the stage shows it: the batch
     split (``ds_config``) and at least one global batch of rows."""
     ds_config(spec, nproc)
+    check_rows(spec, n_rows)
+
+
+def check_rows(spec: dict, n_rows: int) -> None:
     section = spec.get("config_section", "train")
     if n_rows < int(spec["global_batch"]):
         raise ValueError(f"{n_rows} training rows is fewer than one global batch ({section}.global_batch="
@@ -241,9 +253,8 @@ def train(spec: dict) -> None:
     micro, accum = cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]
     global_batch = cfg["train_batch_size"]
     rng = np.random.default_rng(int(spec["seed"]))
+    check_rows(spec, n_rows)  # launch checked it already; train() may also be called on its own
     per_epoch = n_rows // global_batch
-    if per_epoch == 0:
-        raise ValueError(f"{n_rows} training rows is fewer than one global batch ({global_batch})")
     perms: dict[int, np.ndarray] = {}
 
     def batch_rows(step: int) -> np.ndarray:

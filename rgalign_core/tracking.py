@@ -59,7 +59,7 @@ def configure(cfg: dict) -> str:
         return client.get_experiment_by_name(ml["experiment"]).experiment_id
 
 
-def parent_run_id(client, experiment_id: str, airflow_run_id: str, ds: str) -> str:
+def parent_run_id(client, experiment_id: str, airflow_run_id: str, ds: str, code: dict[str, str]) -> str:
     """The parent run of this DAG run: found by tag, created on first use."""
     found = client.search_runs(
         [experiment_id],
@@ -67,7 +67,6 @@ def parent_run_id(client, experiment_id: str, airflow_run_id: str, ds: str) -> s
         max_results=1,
         order_by=["attributes.start_time ASC"],
     )
-    code = code_version()
     if found:
         parent = found[0]
         # a stage on other code than the run started with (or on uncommitted code, which cannot be
@@ -152,9 +151,10 @@ def stage_run(cfg: dict, stage: str, ds: str, airflow_run_id: str | None) -> Ite
     experiment_id = configure(cfg)
     client = mlflow.MlflowClient()
     airflow_run_id = airflow_run_id or f"manual__{ds}"
-    parent = parent_run_id(client, experiment_id, airflow_run_id, ds)
+    code = code_version()
+    parent = parent_run_id(client, experiment_id, airflow_run_id, ds, code)
     tags = {"rgalign_role": "stage", "stage": stage, "dag_id": DAG_ID, "airflow_run_id": airflow_run_id, "logical_date": ds,
-            **code_version()}
+            **code}
     t0 = time.time()
     status = "FAILED"
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent, tags=tags) as run:
