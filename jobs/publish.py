@@ -316,7 +316,7 @@ def _plot_gate(ctx, figures: dict, labels: dict) -> None:
         ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(values) + 0.02))
         for i, v in enumerate(values):
             ax.text(i, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
-        ax.set(title=f"{label}, test window, seed {ctx.cfg['publish']['model_seed']}")
+        ax.set(title=f"{label}, test window")  # each bar's label says its seed or its mean over seeds
     fig.tight_layout()
     ctx.tracker.figure(fig, "gate.png")
     plt.close(fig)

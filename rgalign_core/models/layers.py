@@ -91,6 +91,7 @@ class IntentTower(nn.Module):
         self.words = nn.Embedding(n_words + 1, D, padding_idx=0)
         self.out = mlp([3 * D + 1, cfg["hidden"], D], cfg["dropout"])
         self.id_dropout = float(cfg.get("id_dropout", 0.0))
+        self.use_id = bool(cfg.get("intent_id", True))  # false: every intent is its category, title and age
         self.register_buffer("seen_ids", torch.ones(n_intents + 1, dtype=torch.bool))
         self.register_buffer("seen_words", torch.ones(n_words + 1, dtype=torch.bool))
 
@@ -104,7 +105,9 @@ class IntentTower(nn.Module):
 
     def forward(self, b):  # -> [B, K, D]
         ids = torch.where(self.seen_ids[b["intent"]], b["intent"], 0)
-        if self.training and self.id_dropout > 0:
+        if not self.use_id:
+            ids = torch.zeros_like(ids)
+        elif self.training and self.id_dropout > 0:
             ids = ids.masked_fill(torch.rand(ids.shape) < self.id_dropout, 0)
         t = torch.where(self.seen_words[b["intent_title"]], b["intent_title"], 0)
         n = (t > 0).sum(-1, keepdim=True).clamp(min=1)
