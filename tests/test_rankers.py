@@ -171,3 +171,16 @@ def test_intents_unseen_in_training_score_as_the_unknown_id(name):
         assert torch.equal(model(b), model(unknown))
         other = {**b, "intent": b["intent"].masked_fill(b["intent"] == 8, 7)}
         assert not torch.equal(model(b), model(other))  # a seen id is read as itself
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_without_the_intent_id_an_intent_scores_by_its_category_title_and_age(name):
+    """``intent_id: false``: two intents with the same category, title and age score the same."""
+    data = tiny_data()
+    model = train_ranker.build(name, train_ranker.schema_of(data), {**TINY, "intent_id": False}, seed=0)
+    model, _ = train_ranker.fit(model, data, np.arange(64), np.arange(64, 96), {**TRAIN, "epochs": 1}, seed=0)
+    b = data.batch(np.arange(16))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(b), model({**b, "intent": torch.roll(b["intent"], 1, dims=-1)}))
+        assert not torch.equal(model(b), model({**b, "intent_cat": torch.roll(b["intent_cat"], 1, dims=-1)}))
