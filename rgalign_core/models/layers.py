@@ -91,23 +91,22 @@ class IntentTower(nn.Module):
         self.words = nn.Embedding(n_words + 1, D, padding_idx=0)
         self.out = mlp([3 * D + 1, cfg["hidden"], D], cfg["dropout"])
         self.id_dropout = float(cfg.get("id_dropout", 0.0))
-        self.use_id = bool(cfg.get("intent_id", True))  # false: every intent is its category, title and age
-        self.register_buffer("seen_ids", torch.ones(n_intents + 1, dtype=torch.bool))
+        # intent_id false: no id counts as seen, so every intent is the unknown id, read by its category, title and age
+        self.use_id = bool(cfg.get("intent_id", True))
+        self.register_buffer("seen_ids", torch.full((n_intents + 1,), self.use_id, dtype=torch.bool))
         self.register_buffer("seen_words", torch.ones(n_words + 1, dtype=torch.bool))
 
     def mark_seen(self, intent, title) -> None:
         """Only these intent ids / title-word ids (tensors of any shape; 0 = none) are known."""
         self.seen_ids.zero_()
-        self.seen_ids[intent.unique()] = True
+        self.seen_ids[intent.unique()] = self.use_id
         self.seen_words.zero_()
         self.seen_words[title.unique()] = True
         self.seen_ids[0] = self.seen_words[0] = True
 
     def forward(self, b):  # -> [B, K, D]
         ids = torch.where(self.seen_ids[b["intent"]], b["intent"], 0)
-        if not self.use_id:
-            ids = torch.zeros_like(ids)
-        elif self.training and self.id_dropout > 0:
+        if self.training and self.id_dropout > 0 and self.use_id:  # no id is read otherwise
             ids = ids.masked_fill(torch.rand(ids.shape) < self.id_dropout, 0)
         t = torch.where(self.seen_words[b["intent_title"]], b["intent_title"], 0)
         n = (t > 0).sum(-1, keepdim=True).clamp(min=1)
