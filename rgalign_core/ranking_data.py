@@ -47,12 +47,13 @@ class Vocab:
     intent_ids: list[int]  # index i+1 <-> intent id; 0 = unknown
     categories: list[str]
     title_words: list[str]  # index i+1 <-> word; 0 = padding
+    intent_titles: list[str] = dataclasses.field(default_factory=list)  # parallel to intent_ids
 
     @classmethod
     def from_kb(cls, kb_rows: list[dict]) -> "Vocab":
-        ids = sorted(int(r["intent_id"]) for r in kb_rows)
-        vocab = sorted({w for r in kb_rows for w in words(r["title"])})
-        return cls(ids, list(contract.INTENT_CATEGORIES), vocab)
+        rows = sorted(kb_rows, key=lambda r: int(r["intent_id"]))
+        vocab = sorted({w for r in rows for w in words(r["title"])})
+        return cls([int(r["intent_id"]) for r in rows], list(contract.INTENT_CATEGORIES), vocab, [r["title"] for r in rows])
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -92,6 +92,13 @@ class SentenceEncoder:
         return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, dim), np.float32)
 
 
+def hidden_size(name: str) -> int:
+    """The embedding width of encoder ``name`` (from its config.json, without loading the weights)."""
+    import json
+
+    return int(json.loads((resolve(name)[0] / "config.json").read_text())["hidden_size"])
+
+
 @functools.lru_cache(maxsize=4)
 def shared(name: str) -> SentenceEncoder:
     """One encoder (and one cache of encoded texts) per process for each name: bootstrap_reasoner's

@@ -86,6 +86,10 @@ def fit(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: dict, se
     gen = torch.Generator().manual_seed(seed)
     shown = data.tensors["mask"][train_idx]
     model.intent.mark_seen(data.tensors["intent"][train_idx][shown], data.tensors["intent_title"][train_idx][shown])
+    if model.intent.title_encoder:
+        from rgalign_core.text_encoder import shared
+
+        model.intent.read_titles(shared(model.intent.title_encoder).encode(data.vocab.intent_titles))
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg.get("weight_decay", 0.0)))
     B = int(cfg["batch_sessions"])
     decay, plateau = float(cfg.get("lr_decay", 1.0)), int(cfg.get("lr_plateau", 0))

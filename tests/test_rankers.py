@@ -184,3 +184,34 @@ def test_without_the_intent_id_an_intent_scores_by_its_category_title_and_age(na
     with torch.no_grad():
         assert torch.equal(model(b), model({**b, "intent": torch.roll(b["intent"], 1, dims=-1)}))
         assert not torch.equal(model(b), model({**b, "intent_cat": torch.roll(b["intent_cat"], 1, dims=-1)}))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_title_encoder_gives_an_unseen_intent_its_titles_sentence_embedding(name, tmp_path):
+    """``title_encoder``: the intent tower reads each intent's title as a frozen sentence embedding,
+    an intent the training window never showed included, and the saved model keeps those vectors."""
+    from rgalign_core.text_encoder import shared
+
+    titles = ["Where is my parcel?", "My payment failed", "How do I return an item?", "My voucher is about to expire",
+              "How do I reset my password?", "The app keeps crashing", "The seller is not replying",
+              "Claim form: delivered but not received"]
+    data = tiny_data()
+    data.vocab.intent_titles = titles
+    tr = np.flatnonzero((data.tensors["intent"] != 8).all(1).numpy())  # intent 8 never in training
+    te = np.flatnonzero((data.tensors["intent"] == 8).any(1).numpy())
+    cfg = {**TINY, "title_encoder": "minilm"}
+    schema = train_ranker.schema_of(data)
+    model, _ = train_ranker.fit(train_ranker.build(name, schema, cfg, seed=0), data, tr, tr, {**TRAIN, "epochs": 1}, seed=0)
+    encoder = shared("minilm")
+    assert torch.allclose(model.intent.title_text[1:], torch.from_numpy(encoder.encode(titles)))
+    assert not bool(model.intent.seen_ids[8])  # read as the unknown id, but not as an unknown title
+    b = data.batch(te)
+    model.eval()
+    with torch.no_grad():
+        scores = model(b)
+        train_ranker.save(model, tmp_path, name, schema, cfg, data.vocab, {})
+        loaded, vocab, _ = train_ranker.load_model(tmp_path)
+        assert vocab.intent_titles == titles and torch.equal(loaded(b), scores)
+        model.intent.read_titles(encoder.encode(titles[:7] + ["How do I change the app language?"]))
+        moved = model(b) != scores
+    assert moved[b["intent"] == 8].all() and not moved[b["intent"] != 8].any()

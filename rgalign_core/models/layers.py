@@ -89,7 +89,15 @@ class IntentTower(nn.Module):
         self.id = nn.Embedding(n_intents + 1, D)
         self.category = nn.Embedding(n_categories, D)
         self.words = nn.Embedding(n_words + 1, D, padding_idx=0)
-        self.out = mlp([3 * D + 1, cfg["hidden"], D], cfg["dropout"])
+        # title_encoder: each intent's title as a frozen sentence embedding (filled by read_titles),
+        # which an unseen intent has as fully as a seen one
+        self.title_encoder = cfg.get("title_encoder") or None
+        if self.title_encoder:
+            from rgalign_core.text_encoder import hidden_size
+
+            self.register_buffer("title_text", torch.zeros(n_intents + 1, hidden_size(self.title_encoder)))
+            self.text = nn.Linear(self.title_text.shape[1], D)
+        self.out = mlp([(4 if self.title_encoder else 3) * D + 1, cfg["hidden"], D], cfg["dropout"])
         self.id_dropout = float(cfg.get("id_dropout", 0.0))
         # intent_id false: no id counts as seen, so every intent is the unknown id, read by its category, title and age
         self.use_id = bool(cfg.get("intent_id", True))
@@ -104,6 +112,10 @@ class IntentTower(nn.Module):
         self.seen_words[title.unique()] = True
         self.seen_ids[0] = self.seen_words[0] = True
 
+    def read_titles(self, vectors) -> None:
+        """Row i+1: the sentence embedding of intent index i+1's title (row 0, padding, stays zero)."""
+        self.title_text[1:] = torch.as_tensor(vectors, dtype=torch.float32)
+
     def forward(self, b):  # -> [B, K, D]
         ids = torch.where(self.seen_ids[b["intent"]], b["intent"], 0)
         if self.training and self.id_dropout > 0 and self.use_id:  # no id is read otherwise
@@ -111,7 +123,10 @@ class IntentTower(nn.Module):
         t = torch.where(self.seen_words[b["intent_title"]], b["intent_title"], 0)
         n = (t > 0).sum(-1, keepdim=True).clamp(min=1)
         title = self.words(t).sum(-2) / n
-        x = torch.cat([self.id(ids), self.category(b["intent_cat"]), title, b["intent_age"].unsqueeze(-1)], -1)
+        parts = [self.id(ids), self.category(b["intent_cat"]), title]
+        if self.title_encoder:
+            parts.append(self.text(self.title_text[b["intent"]]))
+        x = torch.cat(parts + [b["intent_age"].unsqueeze(-1)], -1)
         return self.out(x)
 
 
