@@ -67,3 +67,23 @@ def test_top_k_ties_in_probability_keep_the_rankers_order_then_intent_id():
     assert list(zip(top.session_id, top.intent_id, top["rank"])) == [
         (1, 12, 1), (1, 11, 2), (1, 10, 3),  # 0.9 first; in the 0.5 step the higher score, then the lower id
         (2, 10, 1), (2, 11, 2)]               # a full tie: intent id; a session with fewer than k keeps them all
+
+
+def test_the_bundle_must_reproduce_the_saved_test_predictions(tmp_path):
+    """publish registers only a bundle that scores the test window as the evaluated ranker did."""
+    import pandas as pd
+
+    from jobs.publish import _check_reproduces
+    from rgalign_core.stage import StageError
+
+    saved = pd.DataFrame({"session_id": [1, 1, 2, 2], "intent_id": [10, 11, 10, 12], "seed": 0,
+                          "prob": [0.2, 0.7, 0.4, 0.1]})
+    pd.concat([saved, saved.assign(seed=1, prob=0.5)]).to_parquet(tmp_path / "test_predictions.parquet")
+    scored = saved.drop(columns="seed").sample(frac=1.0, random_state=0)  # another row order
+    _check_reproduces(scored, str(tmp_path), seed=0)
+    with pytest.raises(StageError, match=r"differs from .*test_predictions.parquet \(seed 0\) by up to 0.01"):
+        _check_reproduces(scored.assign(prob=scored.prob + 0.01), str(tmp_path), seed=0)
+    with pytest.raises(StageError, match=r"the bundle scored 3 of the 4 test impressions"):
+        _check_reproduces(scored.iloc[1:], str(tmp_path), seed=0)
+    with pytest.raises(StageError, match=r"scored 0 of the 0 test impressions .*\(seed 2\)"):
+        _check_reproduces(scored, str(tmp_path), seed=2)
