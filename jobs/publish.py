@@ -39,6 +39,19 @@ log = logging.getLogger("rgalign.publish")
 VERSION = 1
 FINGERPRINT_TAG = "rgalign.fingerprint"
 # what a serving host needs to load the bundle (pins from requirements.txt)
+# the registered model's page in the MLflow UI: what it is and how to call it (each version's own
+# description is its gate table)
+REGISTERED_MODEL_DESCRIPTION = """rgalign's proactive intent recommender: QE-Rec (a three-tower ranker that reads the
+user's discrete state and a latent query the aligned reasoner writes from it), calibrated, bundled
+with that reasoner and the night's KB. One version per nightly model; `publish` (the nightly DAG's
+last task) registers it with the alias `challenger` and moves `champion` to it only when it passes
+the gate in its description (GAUC vs the two-tower and the champion, ECE).
+
+    model = mlflow.pyfunc.load_model("models:/{name}@champion")
+    top = model.predict(sessions_df, params={{"k": {k}}})  # rows in the features.sessions schema
+
+Returns, per session, the top k KB intents with their calibrated click probability and the latent
+query. Tags per version: ds, seed, query_variant, gate, and each model's GAUC / Recall@3 / ECE."""
 SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "mlflow", "pyarrow", "pandas", "numpy", "scikit-learn")
 
 
@@ -179,6 +192,7 @@ def run(ctx: stage.Context) -> dict:
                 artifacts={"bundle": str(bundle_dir)}, code_paths=[str(PROJECT_ROOT / "rgalign_core")],
                 signature=signature, pip_requirements=serving_requirements())
             version = mlflow.register_model(info.model_uri, name, tags={FINGERPRINT_TAG: model_fp, "ds": ctx.ds_str})
+            client.update_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION.format(name=name, k=k))
         served_version, serving = (version.version, challenger) if promote else (
             (champion_version.version, champion_bundle) if champion_bundle is not None else (None, None))
 

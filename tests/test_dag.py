@@ -159,6 +159,7 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
     champion = client.get_model_version_by_alias("rgalign-qe-rec", "champion")
     assert int(champion.version) == 1 and champion.tags["gate"] == "passed" and champion.tags["ds"] == DS
     assert int(client.get_model_version_by_alias("rgalign-qe-rec", "challenger").version) == 1
+    assert 'models:/rgalign-qe-rec@champion' in client.get_registered_model("rgalign-qe-rec").description
     pub = children["publish"].data.metrics
     assert pub["promoted"] == 1 and pub["served_version"] == 1 and pub["users"] > 10
     import pandas as pd
