@@ -130,3 +130,45 @@ def test_dpo_rg_cl_and_calibrate_write_the_same_summary_as_rg_sft():
         assert align_stage.summary_config(config.load(name, [])) == sft, name
     assert config.load("rg_dpo", [])["rg_dpo"]["anchor_weight"] > 0 and config.load("rg_cl", [])["rg_cl"]["train_summary"]
     assert align_stage.summary_config(config.load("rg_cl", ["reasoner.summary_cue="])) is None
+
+
+def test_encode_queries_reuses_its_cache_until_the_reasoner_changes(tmp_path, overrides):
+    """encode_queries skips a rerun with the same reasoner, and re-encodes every day when the
+    weights at the same path change (the cache is keyed by a hash of the weights, not the path)."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from jobs import encode_queries
+    from rgalign_core.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    days = [dt.date(2026, 3, d) for d in range(1, 6)]
+    for i, day in enumerate(days):
+        rows = [{"session_id": 10 * i + j, "prompt": CORPUS[j].split(" Question:")[0]} for j in range(3)]
+        lake.write_table(lake.partition("features", "sessions", day), pa.Table.from_pylist(rows), {"fingerprint": f"f{day}"})
+    tok = train_tokenizer(CORPUS, 300)
+    path = tmp_path / "reasoner"
+
+    def save_reasoner(seed):
+        build_tiny(tok, ARCH, seed=seed).save_pretrained(path)
+        tok.save_pretrained(path)
+
+    def run():
+        sets = {"windows.train_days": 2, "windows.valid_days": 1, "windows.test_days": 1, "reasoner.base_model": str(path),
+                "reasoner.max_new_tokens": 4}
+        result = encode_queries.main(["--ds", "2026-03-05", *overrides(**sets)])
+        parts = sorted((tmp_path / "lake" / "queries" / "base").glob("dt=*"))
+        return result, {p.name: lake.read_partition(str(p), "queries").to_pydict() for p in parts}
+
+    save_reasoner(0)
+    first, tables = run()
+    assert first.get("sessions") and len(tables) >= 4
+    again, same = run()
+    assert again == {"skipped": 1} and same == tables
+    save_reasoner(1)
+    third, changed = run()
+    assert third.get("sessions") == first["sessions"] and changed.keys() == tables.keys()
+    for day, table in changed.items():
+        assert table["reasoner_version"][0] != tables[day]["reasoner_version"][0]
+        assert not np.allclose(np.array(table["embedding"]), np.array(tables[day]["embedding"]))
