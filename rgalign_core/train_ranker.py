@@ -85,8 +85,7 @@ def fit(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: dict, se
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     shown = data.tensors["mask"][train_idx]
-    model.intent.mark_seen(data.tensors["intent"][train_idx][shown], data.tensors["intent_title"][train_idx][shown],
-                           data.tensors["intent_age"][train_idx][shown])
+    model.intent.mark_seen(data.tensors["intent"][train_idx][shown], data.tensors["intent_title"][train_idx][shown])
     if model.intent.title_encoder:
         from rgalign_core.text_encoder import shared
 

@@ -215,20 +215,3 @@ def test_title_encoder_gives_an_unseen_intent_its_titles_sentence_embedding(name
         model.intent.read_titles(encoder.encode(titles[:7] + ["How do I change the app language?"]))
         moved = model(b) != scores
     assert moved[b["intent"] == 8].all() and not moved[b["intent"] != 8].any()
-
-
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_clamped_age_reads_an_intent_younger_than_any_in_training_as_the_youngest(name):
-    """``intent_age: clamp``: outside the training intents' age range the tower does not extrapolate."""
-    data = tiny_data()
-    data.tensors["intent_age"] = 3.0 + 2.0 * torch.rand(data.tensors["intent_age"].shape, generator=torch.Generator().manual_seed(0))
-    model = train_ranker.build(name, train_ranker.schema_of(data), {**TINY, "intent_age": "clamp"}, seed=0)
-    model, _ = train_ranker.fit(model, data, np.arange(64), np.arange(64, 96), {**TRAIN, "epochs": 1}, seed=0)
-    lo, hi = (float(v) for v in model.intent.age_range)
-    assert 3.0 <= lo < 3.1 and 4.9 < hi <= 5.0
-    b = data.batch(np.arange(16))
-    at = lambda age: model({**b, "intent_age": torch.full_like(b["intent_age"], age)})  # noqa: E731
-    model.eval()
-    with torch.no_grad():
-        assert torch.equal(at(0.0), at(lo)) and torch.equal(at(9.0), at(hi))
-        assert not torch.equal(at(lo), at(hi))

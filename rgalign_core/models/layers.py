@@ -97,26 +97,15 @@ class IntentTower(nn.Module):
 
             self.register_buffer("title_text", torch.zeros(n_intents + 1, hidden_size(self.title_encoder)))
             self.text = nn.Linear(self.title_text.shape[1], D)
-        # intent_age: "log" reads log1p(age in days) as it is; "clamp" clamps it to the range the
-        # training window showed (a new intent is younger than any training intent, and an MLP's
-        # answer outside its training range is whatever its seed made it); "none" leaves it out
-        self.age_mode = cfg.get("intent_age", "log")
-        if self.age_mode not in ("log", "clamp", "none"):
-            raise ValueError(f"ranker.model.intent_age={self.age_mode!r}: use log, clamp or none")
-        if self.age_mode == "clamp":
-            self.register_buffer("age_range", torch.tensor([float("-inf"), float("inf")]))
-        self.out = mlp([(4 if self.title_encoder else 3) * D + (self.age_mode != "none"), cfg["hidden"], D], cfg["dropout"])
+        self.out = mlp([(4 if self.title_encoder else 3) * D + 1, cfg["hidden"], D], cfg["dropout"])
         self.id_dropout = float(cfg.get("id_dropout", 0.0))
         # intent_id false: no id counts as seen, so every intent is the unknown id, read by its category, title and age
         self.use_id = bool(cfg.get("intent_id", True))
         self.register_buffer("seen_ids", torch.full((n_intents + 1,), self.use_id, dtype=torch.bool))
         self.register_buffer("seen_words", torch.ones(n_words + 1, dtype=torch.bool))
 
-    def mark_seen(self, intent, title, age=None) -> None:
-        """Only these intent ids / title-word ids (tensors of any shape; 0 = none) are known, and
-        with ``intent_age: clamp`` only this range of ``age`` (the training intents' log-ages)."""
-        if self.age_mode == "clamp" and age is not None and age.numel():
-            self.age_range.copy_(torch.stack([age.min(), age.max()]))
+    def mark_seen(self, intent, title) -> None:
+        """Only these intent ids / title-word ids (tensors of any shape; 0 = none) are known."""
         self.seen_ids.zero_()
         self.seen_ids[intent.unique()] = self.use_id
         self.seen_words.zero_()
@@ -137,11 +126,7 @@ class IntentTower(nn.Module):
         parts = [self.id(ids), self.category(b["intent_cat"]), title]
         if self.title_encoder:
             parts.append(self.text(self.title_text[b["intent"]]))
-        if self.age_mode == "clamp":
-            parts.append(b["intent_age"].clamp(self.age_range[0], self.age_range[1]).unsqueeze(-1))
-        elif self.age_mode == "log":
-            parts.append(b["intent_age"].unsqueeze(-1))
-        x = torch.cat(parts, -1)
+        x = torch.cat(parts + [b["intent_age"].unsqueeze(-1)], -1)
         return self.out(x)
 
 
