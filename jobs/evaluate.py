@@ -209,15 +209,19 @@ def render(summary, table, trained: list[str], ecfg: dict) -> tuple[str, dict]:
     headline = {}
     base, cand = ecfg["baseline"], ecfg["candidate"]
     if base in trained and cand in trained:
-        lines += [f"## {cand} vs {base}", "", "| slice | metric | Δ mean | z = Δ / √(sd₁² + sd₂²) |", "|---|---|---|---|"]
+        # the last column is the gain this run's seed spread would need for z = 3: how far the claim is
+        lines += [f"## {cand} vs {base}", "", "| slice | metric | Δ mean | z = Δ / √(sd₁² + sd₂²) | Δ for z = 3 |",
+                  "|---|---|---|---|---|"]
         for sl in HEADLINE_SLICES:
             for m in HEADLINE:
                 a, b = summary.loc[(sl, cand)], summary.loc[(sl, base)]
                 delta = a[("mean", m)] - b[("mean", m)]
                 z = metrics.z_score(a[("mean", m)], a[("std", m)], b[("mean", m)], b[("std", m)])
                 tag = "overall" if sl == "overall" else "cold_start"
+                needed = 3 * float(np.hypot(a[("std", m)], b[("std", m)]))
                 headline[f"{tag}_{m}_delta"], headline[f"{tag}_{m}_z"] = float(delta), float(z)
-                lines.append(f"| {sl} | {m} | {delta:+.4f} | {z:+.1f} |")
+                headline[f"{tag}_{m}_delta_for_z3"] = needed
+                lines.append(f"| {sl} | {m} | {delta:+.4f} | {z:+.1f} | {needed:+.4f} |")
         lines.append("")
     # each alignment stage against the variant before it (the configured order)
     chain = [v for v in summary.index.get_level_values(1).unique() if v in trained and v != base]

@@ -56,6 +56,8 @@ def test_summary_and_headline_z():
     md, head = evaluate.render(summary, t, list(values), ECFG)
     assert head["overall_gauc_delta"] == pytest.approx(0.05)
     assert head["overall_gauc_z"] == pytest.approx(0.05 / np.hypot(0.01, 0.01))
+    assert head["overall_gauc_delta_for_z3"] == pytest.approx(3 * np.hypot(0.01, 0.01))
+    assert f"| overall | gauc | +0.0500 | +{0.05 / np.hypot(0.01, 0.01):.1f} | +{3 * np.hypot(0.01, 0.01):.4f} |" in md
     # each stage against the one before it: qe+sft vs qe
     assert head["stage.qe_sft.gauc_delta"] == pytest.approx(0.02)
     assert "| qe+sft | qe | overall | +0.0200 (+2.0) |" in md
