@@ -73,6 +73,25 @@ def summary_spec(cfg: dict) -> dict | None:
     return align_stage.summary_config(cfg) if cfg["rg_cl"]["train_summary"] else None
 
 
+def _plot_before_after(ctx: stage.Context, before: dict, after: dict, name: str) -> None:
+    """The validation window's InfoNCE, pair accuracy and alignment gap before and after training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(before), figsize=(3.2 * len(before), 3.0))
+    for ax, key in zip(axes, before):
+        bars = ax.bar(["before", "after"], [before[key], after[key]], color=["#999999", "#1f77b4"])
+        ax.bar_label(bars, fmt="%.3f")
+        ax.set(title={"loss": "InfoNCE loss"}.get(key, key.replace("_", " ")))
+        ax.margins(y=0.2)
+    fig.suptitle(f"{name}: the validation window, before and after training")
+    fig.tight_layout()
+    ctx.tracker.figure(fig, f"{name}_validation_before_after.png")
+    plt.close(fig)
+
+
 def align(ctx: stage.Context, name: str, parent: str, qe_path: str, query_variant: str, out: str, fp: str, train_cfg: dict) -> dict:
     """Train reasoner ``parent`` + the projection of ``qe_path`` with InfoNCE into ``out``; returns
     the training history's summary and the validation report before and after."""
@@ -91,6 +110,7 @@ def align(ctx: stage.Context, name: str, parent: str, qe_path: str, query_varian
     after = alignment.alignment_report(alignment.load_query_aligner(out, out), valid, tau)
     log.info("%s: validation after: %s", name, after)
     align_stage.plot_history(ctx, history, ["info_nce", "lm_loss", "pair_accuracy", "alignment_gap"], name)
+    _plot_before_after(ctx, before, after, name)
     summary_tokens = int(((train["labels"] != alignment.IGNORE)
                           & (np.arange(train["labels"].shape[1]) > train["pool_index"][:, None])).sum()) if "pool_index" in train else 0
     return {"train_sessions": len(train["length"]), "summary_tokens": summary_tokens,

@@ -148,6 +148,8 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
     cl = children["rg_cl"].data.metrics
     assert {"valid_before/alignment_gap", "valid_after/alignment_gap", "rg_cl/pair_accuracy", "rg_cl/lm_loss"} <= set(cl)
     assert cl["summary_tokens"] > 0  # RG-CL's rows go on after the cue with the summary
+    cl_plots = {a.path for a in mlflow.MlflowClient().list_artifacts(children["rg_cl"].info.run_id)}
+    assert {"rg_cl_curves.png", "rg_cl_validation_before_after.png"} <= cl_plots
     cal = children["calibrate"].data.metrics
     assert {"loop/valid_gauc", "test_ece_before", "test_ece_after", "kept_round"} <= set(cal)
     assert (lake / "models" / "qe_rec_calibrated" / f"ds={DS}" / "calibration.json").exists()
