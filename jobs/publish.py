@@ -38,20 +38,20 @@ from rgalign_core.config import PROJECT_ROOT, fingerprint
 log = logging.getLogger("rgalign.publish")
 VERSION = 1
 FINGERPRINT_TAG = "rgalign.fingerprint"
-# what a serving host needs to load the bundle (pins from requirements.txt)
-# the registered model's page in the MLflow UI: what it is and how to call it (each version's own
-# description is its gate table)
+# the registered model's page in the MLflow UI: what it is and how to call it
 REGISTERED_MODEL_DESCRIPTION = """rgalign's proactive intent recommender: QE-Rec (a three-tower ranker that reads the
 user's discrete state and a latent query the aligned reasoner writes from it), calibrated, bundled
 with that reasoner and the night's KB. One version per nightly model; `publish` (the nightly DAG's
 last task) registers it with the alias `challenger` and moves `champion` to it only when it passes
-the gate in its description (GAUC vs the two-tower and the champion, ECE).
+the gate: GAUC against the two-tower and the champion, and ECE (each version's description is its
+gate table).
 
     model = mlflow.pyfunc.load_model("models:/{name}@champion")
     top = model.predict(sessions_df, params={{"k": {k}}})  # rows in the features.sessions schema
 
 Returns, per session, the top k KB intents with their calibrated click probability and the latent
 query. Tags per version: ds, seed, query_variant, gate, and each model's GAUC / Recall@3 / ECE."""
+# what a serving host needs to load the bundle (pins from requirements.txt)
 SERVING_PACKAGES = ("torch", "transformers", "tokenizers", "mlflow", "pyarrow", "pandas", "numpy", "scikit-learn")
 
 

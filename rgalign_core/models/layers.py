@@ -90,7 +90,8 @@ class IntentTower(nn.Module):
         self.category = nn.Embedding(n_categories, D)
         self.words = nn.Embedding(n_words + 1, D, padding_idx=0)
         # title_encoder: each intent's title as a frozen sentence embedding (filled by read_titles),
-        # which an unseen intent has as fully as a seen one
+        # which an unseen intent has as fully as a seen one; saved with the model, but loading it
+        # reads the encoder's config.json for the width, so a serving host needs the encoder too
         self.title_encoder = cfg.get("title_encoder") or None
         if self.title_encoder:
             from rgalign_core.text_encoder import hidden_size
@@ -114,7 +115,11 @@ class IntentTower(nn.Module):
 
     def read_titles(self, vectors) -> None:
         """Row i+1: the sentence embedding of intent index i+1's title (row 0, padding, stays zero)."""
-        self.title_text[1:] = torch.as_tensor(vectors, dtype=torch.float32)
+        vectors = torch.as_tensor(vectors, dtype=torch.float32)
+        if vectors.shape != self.title_text[1:].shape:
+            raise ValueError(f"title_encoder: {tuple(vectors.shape)} title vectors for {len(self.title_text) - 1} intents "
+                             "(a vocabulary saved before titles were kept has none: retrain the ranker)")
+        self.title_text[1:] = vectors
 
     def forward(self, b):  # -> [B, K, D]
         ids = torch.where(self.seen_ids[b["intent"]], b["intent"], 0)
