@@ -210,6 +210,27 @@ def _markers(lake: Path, area: str, table: str, key: str = "dt") -> dict[str, st
     return {p.name: (p / "_SUCCESS").read_text() for p in sorted((lake / area / table).glob(f"{key}=*"))}
 
 
+def test_a_first_night_whose_challenger_fails_the_gate_fails_publish_and_serves_nothing_new(dag_run, tmp_path):
+    """A new registry (no champion yet) and a challenger the gate rejects: publish stops with a message
+    that says so, and the lake's serving table is the one that was there."""
+    proc, env = dag_run
+    assert proc.returncode == 0
+    lake = env["work"] / "lake"
+    before = _markers(lake, "serving", "topk")
+    fresh = {**env["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/fresh.db", "RGALIGN_MLFLOW_ARTIFACT_ROOT": str(tmp_path / "art")}
+    sets = [a for o in FAST + ["publish.gate.min_gain_over_baseline=1.0"] for a in ("--set", o)]
+    out = subprocess.run([str(VENV_BIN / "python"), "-m", "jobs.publish", "--ds", DS, *sets],
+                         env=fresh, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+    assert out.returncode != 0
+    assert f"failed the gate and there is no champion to serve: nothing published for {DS}" in out.stderr, out.stderr[-3000:]
+    assert _markers(lake, "serving", "topk") == before
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=fresh["MLFLOW_TRACKING_URI"])  # not the module's global store
+    assert client.get_model_version("rgalign-qe-rec", "1").tags["gate"] == "rejected"
+    assert "champion" not in client.get_registered_model("rgalign-qe-rec").aliases
+
+
 @pytest.mark.parametrize("task, area, table, key", [
     ("extract_features", "features", "samples", "dt"),
     ("teachers_generate", "teachers", "candidates", "dt"),
