@@ -22,13 +22,20 @@ from rgalign_core import metrics
 log = logging.getLogger("rgalign.train_ranker")
 
 
-def schema_of(data) -> dict:
+def schema_of(data, model_cfg: dict | None = None) -> dict:
+    """The input widths a ranker is built from, saved in its config.json so loading needs nothing else
+    (with ``title_encoder`` on, the encoder's width too: a serving host needs no encoder)."""
     from rgalign_core.ranking_data import CATEGORICAL, NUMERIC
 
     v = data.vocab
-    return {"cardinalities": [len(x) for x in CATEGORICAL.values()], "n_numeric": len(NUMERIC),
-            "n_intents": len(v.intent_ids), "n_categories": len(v.categories), "n_words": len(v.title_words),
-            "query_dim": data.query_dim}
+    schema = {"cardinalities": [len(x) for x in CATEGORICAL.values()], "n_numeric": len(NUMERIC),
+              "n_intents": len(v.intent_ids), "n_categories": len(v.categories), "n_words": len(v.title_words),
+              "query_dim": data.query_dim}
+    if (model_cfg or {}).get("title_encoder"):
+        from rgalign_core.text_encoder import hidden_size
+
+        schema["title_dim"] = hidden_size(model_cfg["title_encoder"])
+    return schema
 
 
 def build(name: str, schema: dict, cfg: dict, seed: int):
@@ -198,7 +205,7 @@ def run_job(ctx, model_name: str, query_variant: str | None, out_name: str | Non
     kb = lake.read_partition(kb_path, "validated.kb_intents").to_pylist()
     data = ranking_data.load(lake, days, kb, query_variant=query_variant)
     tr, va, te = data.index(w["train"]), data.index(w["valid"]), data.index(w["test"])
-    schema = schema_of(data)
+    schema = schema_of(data, rcfg["model"])
     ctx.tracker.params({f"{log_prefix}sessions.train": len(tr), f"{log_prefix}sessions.valid": len(va),
                         f"{log_prefix}sessions.test": len(te), f"{log_prefix}query_variant": query_variant or "none",
                         **{f"{log_prefix}ranker.{k}": v for k, v in (overrides or {}).items()}})

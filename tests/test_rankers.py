@@ -187,9 +187,11 @@ def test_without_the_intent_id_an_intent_scores_by_its_category_title_and_age(na
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_title_encoder_gives_an_unseen_intent_its_titles_sentence_embedding(name, tmp_path):
+def test_title_encoder_gives_an_unseen_intent_its_titles_sentence_embedding(name, tmp_path, monkeypatch):
     """``title_encoder``: the intent tower reads each intent's title as a frozen sentence embedding,
-    an intent the training window never showed included, and the saved model keeps those vectors."""
+    an intent the training window never showed included, and the saved model keeps those vectors
+    and their width, so loading it needs no encoder."""
+    from rgalign_core import text_encoder
     from rgalign_core.text_encoder import shared
 
     titles = ["Where is my parcel?", "My payment failed", "How do I return an item?", "My voucher is about to expire",
@@ -200,7 +202,7 @@ def test_title_encoder_gives_an_unseen_intent_its_titles_sentence_embedding(name
     tr = np.flatnonzero((data.tensors["intent"] != 8).all(1).numpy())  # intent 8 never in training
     te = np.flatnonzero((data.tensors["intent"] == 8).any(1).numpy())
     cfg = {**TINY, "title_encoder": "minilm"}
-    schema = train_ranker.schema_of(data)
+    schema = train_ranker.schema_of(data, cfg)
     model, _ = train_ranker.fit(train_ranker.build(name, schema, cfg, seed=0), data, tr, tr, {**TRAIN, "epochs": 1}, seed=0)
     encoder = shared("minilm")
     assert torch.allclose(model.intent.title_text[1:], torch.from_numpy(encoder.encode(titles)))
@@ -210,7 +212,9 @@ def test_title_encoder_gives_an_unseen_intent_its_titles_sentence_embedding(name
     with torch.no_grad():
         scores = model(b)
         train_ranker.save(model, tmp_path, name, schema, cfg, data.vocab, {})
-        loaded, vocab, _ = train_ranker.load_model(tmp_path)
+        with monkeypatch.context() as m:  # a serving host without the encoder
+            m.setattr(text_encoder, "resolve", lambda name: pytest.fail(f"loading looked for encoder {name}"))
+            loaded, vocab, _ = train_ranker.load_model(tmp_path)
         assert vocab.intent_titles == titles and torch.equal(loaded(b), scores)
         model.intent.read_titles(encoder.encode(titles[:7] + ["How do I change the app language?"]))
         moved = model(b) != scores

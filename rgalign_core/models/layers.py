@@ -83,20 +83,21 @@ class IntentTower(nn.Module):
     read as the shared unknown id 0 / dropped, and in training ``id_dropout`` of the ids are read
     as unknown, so the unknown id learns what an intent is from its category and title alone."""
 
-    def __init__(self, n_intents: int, n_categories: int, n_words: int, cfg: dict):
+    def __init__(self, n_intents: int, n_categories: int, n_words: int, cfg: dict, title_dim: int = 0):
         super().__init__()
         D = cfg["dim"]
         self.id = nn.Embedding(n_intents + 1, D)
         self.category = nn.Embedding(n_categories, D)
         self.words = nn.Embedding(n_words + 1, D, padding_idx=0)
         # title_encoder: each intent's title as a frozen sentence embedding (filled by read_titles),
-        # which an unseen intent has as fully as a seen one; saved with the model, but loading it
-        # reads the encoder's config.json for the width, so a serving host needs the encoder too
+        # which an unseen intent has as fully as a seen one; the vectors are saved with the model and
+        # their width (title_dim) with its schema, so loading it needs no encoder
         self.title_encoder = cfg.get("title_encoder") or None
         if self.title_encoder:
-            from rgalign_core.text_encoder import hidden_size
-
-            self.register_buffer("title_text", torch.zeros(n_intents + 1, hidden_size(self.title_encoder)))
+            if not title_dim:
+                raise ValueError("title_encoder is set but the schema has no title_dim: build the schema with "
+                                 "train_ranker.schema_of(data, model_cfg)")
+            self.register_buffer("title_text", torch.zeros(n_intents + 1, title_dim))
             self.text = nn.Linear(self.title_text.shape[1], D)
         self.out = mlp([(4 if self.title_encoder else 3) * D + 1, cfg["hidden"], D], cfg["dropout"])
         self.id_dropout = float(cfg.get("id_dropout", 0.0))

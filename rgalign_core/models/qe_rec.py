@@ -27,7 +27,7 @@ class QERec(nn.Module):
         super().__init__()
         D = cfg["dim"]
         self.user = UserTower(schema["cardinalities"], schema["n_numeric"], cfg, field_tokens=True)
-        self.intent = IntentTower(schema["n_intents"], schema["n_categories"], schema["n_words"], cfg)
+        self.intent = IntentTower(schema["n_intents"], schema["n_categories"], schema["n_words"], cfg, schema.get("title_dim", 0))
         self.query = query_projection(schema["query_dim"], cfg)
         self.fuse = nn.MultiheadAttention(D, cfg["heads"], dropout=cfg["dropout"], batch_first=True)
         self.score = mlp([2 * D, cfg["hidden"], 1], cfg["dropout"])

@@ -11,7 +11,7 @@ class TwoTower(nn.Module):
     def __init__(self, schema: dict, cfg: dict):
         super().__init__()
         self.user = UserTower(schema["cardinalities"], schema["n_numeric"], cfg)
-        self.intent = IntentTower(schema["n_intents"], schema["n_categories"], schema["n_words"], cfg)
+        self.intent = IntentTower(schema["n_intents"], schema["n_categories"], schema["n_words"], cfg, schema.get("title_dim", 0))
         self.position = PositionBias()
         self.scale = cfg["dim"] ** -0.5
 
