@@ -327,3 +327,30 @@ def test_lake_source_skips_the_simulator(dag_run, tmp_path):
     assert int(client.get_model_version_by_alias("rgalign-qe-rec", "challenger").version) == report["model_version"]
     assert int(client.get_model_version_by_alias("rgalign-qe-rec", "champion").version) == champion
     assert (pd.read_parquet(new_lake / "serving" / "topk" / f"dt={DS}").model_version == champion).all()
+
+
+def test_calibrate_stops_at_the_first_round_that_does_not_improve_and_keeps_the_best(dag_run, tmp_path):
+    """calibrate.min_delta decides the loop: a bar no round can pass stops after round 1 and keeps
+    round 0 (RG-CL's QE-Rec); a bar every round passes runs every round and keeps the last. A rerun
+    with the night's settings then writes back the night's output (the rounds are cached)."""
+    proc, env = dag_run
+    assert proc.returncode == 0
+    lake = env["work"] / "lake"
+    out_dir = lake / "models" / "qe_rec_calibrated" / f"ds={DS}"
+    before = _markers(lake, "models", "qe_rec_calibrated", "ds")
+    scratch = {**env["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/scratch.db", "RGALIGN_MLFLOW_ARTIFACT_ROOT": str(tmp_path / "art")}
+
+    def calibrate(*extra):
+        sets = [a for o in FAST + list(extra) for a in ("--set", o)]
+        out = subprocess.run([str(VENV_BIN / "python"), "-m", "jobs.calibrate", "--ds", DS, *sets],
+                             env=scratch, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads((out_dir / "calibration.json").read_text())
+
+    never = calibrate("calibrate.min_delta=1.0")
+    assert [c["round"] for c in never["curve"]] == [0, 1] and never["kept_round"] == 0 and never["query_variant"] == "cl"
+    always = calibrate("calibrate.min_delta=-1.0", "calibrate.rounds=2")
+    assert [c["round"] for c in always["curve"]] == [0, 1, 2] and always["kept_round"] == 2
+    assert always["query_variant"] == "cal2" and always["reasoner"].endswith("reasoner_cal2/ds=" + DS)
+    calibrate()
+    assert _markers(lake, "models", "qe_rec_calibrated", "ds") == before
