@@ -6,10 +6,7 @@ seeded generator; the loss is listwise softmax over a session's shown intents on
 training uses an additive position bias that inference leaves out. Early stopping keeps the
 epoch with the best validation GAUC; with ``lr_decay`` < 1, each ``lr_plateau`` epochs in a row
 without a better validation GAUC multiply the learning rate by it first (FuxiCTR's
-reduce-LR-on-plateau). With ``ema_decay`` > 0, validation, early stopping and the saved model use
-an exponential moving average of the weights, updated after every step (Polyak averaging, as
-``torch.optim.swa_utils`` builds it), instead of the last step's weights. Deterministic on CPU for
-a seed.
+reduce-LR-on-plateau). Deterministic on CPU for a seed.
 """
 from __future__ import annotations
 
@@ -103,14 +100,6 @@ def fit(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: dict, se
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg.get("weight_decay", 0.0)))
     B = int(cfg["batch_sessions"])
     decay, plateau = float(cfg.get("lr_decay", 1.0)), int(cfg.get("lr_plateau", 0))
-    ema_decay = float(cfg.get("ema_decay", 0.0))
-    scored = model  # the weights validation reads and early stopping keeps
-    if ema_decay:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        # buffers (seen ids, title vectors) are set above and never trained, so the copy's stay right
-        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-        scored = averaged.module
     best, best_state, bad, history = -1.0, None, 0, []
     for epoch in range(1, int(cfg["epochs"]) + 1):
         model.train()
@@ -122,12 +111,10 @@ def fit(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: dict, se
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if ema_decay:
-                averaged.update_parameters(model)
             total += float(loss.detach()) * len(b["mask"])
             n_imp += int(b["mask"].sum())
         seconds = time.time() - t0
-        valid = evaluate(scored, data, valid_idx)
+        valid = evaluate(model, data, valid_idx)
         row = {"epoch": epoch, "train_loss": total / len(perm), "valid_gauc": valid["gauc"], "valid_auc": valid["auc"],
                "valid_recall_at_3": valid["recall_at_3"], "valid_logloss": valid["logloss"],
                "samples_per_s": n_imp / max(seconds, 1e-9), "epoch_s": seconds, "lr": opt.param_groups[0]["lr"]}
@@ -138,7 +125,7 @@ def fit(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: dict, se
             log_metric(row, epoch)
         if valid["gauc"] > best + 1e-5:
             best, bad = valid["gauc"], 0
-            best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             bad += 1
             if bad >= int(cfg["patience"]):
