@@ -24,7 +24,7 @@ import numpy as np
 from rgalign_core import stage
 
 log = logging.getLogger("rgalign.evaluate")
-METRICS = ("gauc", "auc", "recall_at_3", "ndcg_at_3", "logloss", "calibration_ratio", "ece")
+METRICS = ("gauc", "session_gauc", "auc", "recall_at_3", "ndcg_at_3", "logloss", "calibration_ratio", "ece")
 HEADLINE = ("gauc", "recall_at_3")
 # The headline cold-start slice: sessions that showed an intent created in the last 7 days. Not
 # "cold-start intent clicked": choosing sessions by their outcome rewards ranking every new intent
@@ -196,7 +196,9 @@ def render(summary, table, trained: list[str], ecfg: dict) -> tuple[str, dict]:
 
     lines = ["# Ablation on the test window", "",
              f"Mean ± std over seeds (trained variants); references are deterministic. GAUC is impression-weighted "
-             f"per-user AUC over users with a click and a non-click; Recall@3/NDCG@3 over sessions with a click.", ""]
+             f"per-user AUC over users with a click and a non-click; session_gauc the same per session (the ranking "
+             f"inside a session only: the rest of GAUC is telling which sessions see a click); Recall@3/NDCG@3 over "
+             f"sessions with a click.", ""]
     for sl in (*HEADLINE_SLICES, "cold-start intent clicked"):
         if sl not in summary.index.get_level_values(0):
             continue
@@ -333,7 +335,7 @@ def _to_parent(ctx, report_md: str, table, summary, plots: dict, keys: dict, hea
         if sl not in HEADLINE_SLICES or np.isnan(row[("mean", "gauc")]):
             continue
         prefix = "test" if sl == "overall" else "cold_start"
-        for m in ("gauc", "recall_at_3", "ece"):
+        for m in ("gauc", "session_gauc", "recall_at_3", "ece"):
             if not np.isnan(row[("mean", m)]):
                 values[f"{prefix}_{m}.{keys.get(v, _safe(v))}"] = float(row[("mean", m)])
                 if v not in REFERENCE_KEYS:  # references are deterministic: no spread

@@ -150,10 +150,15 @@ def z_score(mean_a: float, sd_a: float, mean_b: float, sd_b: float) -> float:
 
 
 def ranking_report(users, sessions, labels, scores, probs=None, k: int = 3, weighting: str = "impressions") -> dict:
-    """Every metric the evaluation reports, for one set of scored impressions."""
+    """Every metric the evaluation reports, for one set of scored impressions.
+
+    ``session_gauc`` is GAUC with the session as the group: the ranking inside each session only.
+    GAUC by user also compares a user's impressions across their sessions, so it rewards scoring a
+    whole session by how likely it is to see a click, which Recall@K cannot see; the two side by
+    side show how much of a GAUC gain is ranking."""
     g, n_users = gauc(users, labels, scores, weighting)
     r, n_sessions = recall_at_k(sessions, labels, scores, k)
-    out = {"gauc": g, "gauc_users": n_users, "auc": auc(labels, scores), f"recall_at_{k}": r, f"ndcg_at_{k}": ndcg_at_k(sessions, labels, scores, k)[0],
+    out = {"gauc": g, "gauc_users": n_users, "session_gauc": gauc(sessions, labels, scores, weighting)[0], "auc": auc(labels, scores), f"recall_at_{k}": r, f"ndcg_at_{k}": ndcg_at_k(sessions, labels, scores, k)[0],
            "sessions_with_click": n_sessions, "impressions": int(len(labels))}
     if probs is not None:
         out.update({"logloss": logloss(labels, probs), "calibration_ratio": calibration_ratio(labels, probs), "ece": ece(labels, probs)})

@@ -234,7 +234,7 @@ def run_job(ctx, model_name: str, query_variant: str | None, out_name: str | Non
                                    "score": f["score"].astype(np.float32), "clicked": f["clicked"].astype(np.int8)}))
         pa.parquet.write_table(pa.concat_tables(preds), str(Path(tmp) / "test_predictions.parquet"))
     summary = {}
-    for key in ("gauc", "auc", "recall_at_3", "ndcg_at_3", "logloss"):
+    for key in ("gauc", "session_gauc", "auc", "recall_at_3", "ndcg_at_3", "logloss"):
         vals = np.array([r[key] for r in results.values()])
         summary[f"test_{key}_mean"], summary[f"test_{key}_std"] = float(vals.mean()), float(vals.std(ddof=1) if len(vals) > 1 else 0.0)
         summary[f"test_{key}_seeds"] = [float(v) for v in vals]

@@ -122,7 +122,7 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
             "evaluation/calibration_curves.png", "evaluation/metrics_by_seed.csv"} <= parent_artifacts
     # ... and the figures a reviewer compares across nights, keyed by model (not by the row's label)
     parent_metrics = mlflow.MlflowClient().get_run(parents[0].info.run_id).data.metrics
-    assert {"test_gauc.two_tower", "test_gauc_std.qe_rec", "cold_start_recall_at_3.qe_rec_cl", "test_ece.qe_rec_calibrated",
+    assert {"test_gauc.two_tower", "test_session_gauc.qe_rec", "test_gauc_std.qe_rec", "cold_start_recall_at_3.qe_rec_cl", "test_ece.qe_rec_calibrated",
             "test_gauc.ref_oracle", "overall_gauc_z", "cold_start_recall_at_3_z"} <= set(parent_metrics)
     assert parent_metrics["test_gauc.qe_rec"] == pytest.approx(children["train_qe_rec"].data.metrics["test_gauc_mean"], abs=1e-4)
     assert parents[0].data.tags["git_commit"] and parents[0].data.tags["git_dirty"] in ("true", "false")

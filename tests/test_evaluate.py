@@ -41,7 +41,7 @@ def table(values: dict) -> pd.DataFrame:
     for variant, seeds in values.items():
         for seed, (g, r) in enumerate(seeds):
             for sl in evaluate.HEADLINE_SLICES:
-                rows.append({"variant": variant, "seed": seed, "slice": sl, "gauc": g, "recall_at_3": r, "auc": g,
+                rows.append({"variant": variant, "seed": seed, "slice": sl, "gauc": g, "session_gauc": g, "recall_at_3": r, "auc": g,
                              "ndcg_at_3": r, "logloss": 0.3, "calibration_ratio": 1.0, "ece": 0.01, "sessions_with_click": 10})
     return pd.DataFrame(rows)
 

@@ -51,6 +51,23 @@ def test_gauc_hand_computed_with_single_class_user_and_ties():
     assert g == pytest.approx((0.0 + 1.0) / 2)
 
 
+
+def test_session_gauc_sees_only_the_ranking_inside_each_session():
+    """Raising every score of the sessions that end in a click lifts GAUC by user (it compares a
+    user's impressions across sessions) and leaves session GAUC and Recall@K where they were."""
+    rng = np.random.default_rng(0)
+    sessions = np.repeat(np.arange(400), 5)
+    users = sessions // 4  # 4 sessions per user
+    labels = np.zeros(len(sessions))
+    clicked = rng.random(400) < 0.5
+    labels[np.flatnonzero(clicked) * 5 + rng.integers(0, 5, clicked.sum())] = 1
+    scores = rng.normal(size=len(sessions)) + labels  # some ranking skill inside each session
+    shifted = scores + 2.0 * clicked[sessions]  # + knowing which sessions see a click
+    before, after = M.ranking_report(users, sessions, labels, scores), M.ranking_report(users, sessions, labels, shifted)
+    assert after["gauc"] > before["gauc"] + 0.05
+    assert after["session_gauc"] == pytest.approx(before["session_gauc"]) and after["recall_at_3"] == before["recall_at_3"]
+    assert before["session_gauc"] == pytest.approx(M.gauc(sessions, labels, scores)[0])
+
 def test_recall_and_ndcg_at_k():
     sessions = [1, 1, 1, 1, 2, 2, 2, 2, 3, 3]
     labels = [0, 0, 0, 1, 1, 0, 0, 0, 0, 0]
