@@ -210,6 +210,18 @@ def _markers(lake: Path, area: str, table: str, key: str = "dt") -> dict[str, st
     return {p.name: (p / "_SUCCESS").read_text() for p in sorted((lake / area / table).glob(f"{key}=*"))}
 
 
+def _job(module: str, env: dict, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m jobs.<module> --ds DS`` with the test's FAST settings and ``overrides`` on top."""
+    sets = [a for o in FAST + list(overrides) for a in ("--set", o)]
+    return subprocess.run([str(VENV_BIN / "python"), "-m", f"jobs.{module}", "--ds", DS, *sets],
+                          env=env, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=timeout)
+
+
+def _scratch_mlflow(env: dict, tmp_path: Path) -> dict:
+    """The DAG run's environment with an MLflow store of its own (the module's store stays as the night left it)."""
+    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/scratch.db", "RGALIGN_MLFLOW_ARTIFACT_ROOT": str(tmp_path / "art")}
+
+
 def test_a_first_night_whose_challenger_fails_the_gate_fails_publish_and_serves_nothing_new(dag_run, tmp_path):
     """A new registry (no champion yet) and a challenger the gate rejects: publish stops with a message
     that says so, and the lake's serving table is the one that was there."""
@@ -217,10 +229,8 @@ def test_a_first_night_whose_challenger_fails_the_gate_fails_publish_and_serves_
     assert proc.returncode == 0
     lake = env["work"] / "lake"
     before = _markers(lake, "serving", "topk")
-    fresh = {**env["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/fresh.db", "RGALIGN_MLFLOW_ARTIFACT_ROOT": str(tmp_path / "art")}
-    sets = [a for o in FAST + ["publish.gate.min_gain_over_baseline=1.0"] for a in ("--set", o)]
-    out = subprocess.run([str(VENV_BIN / "python"), "-m", "jobs.publish", "--ds", DS, *sets],
-                         env=fresh, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+    fresh = _scratch_mlflow(env["env"], tmp_path)
+    out = _job("publish", fresh, "publish.gate.min_gain_over_baseline=1.0")
     assert out.returncode != 0
     assert f"failed the gate and there is no champion to serve: nothing published for {DS}" in out.stderr, out.stderr[-3000:]
     assert _markers(lake, "serving", "topk") == before
@@ -315,10 +325,7 @@ def test_lake_source_skips_the_simulator(dag_run, tmp_path):
     client = mlflow.MlflowClient()
     champion = int(client.get_model_version_by_alias("rgalign-qe-rec", "champion").version)
     # seed 1 of the same night: a new model (a new version), scored against the champion
-    sets = [a for o in FAST + [f"lake.root={new_lake}", "publish.model_seed=1", "publish.gate.min_gain_over_champion=1.0"]
-            for a in ("--set", o)]
-    out = subprocess.run([str(VENV_BIN / "python"), "-m", "jobs.publish", "--ds", DS, *sets],
-                         env=env["env"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+    out = _job("publish", env["env"], f"lake.root={new_lake}", "publish.model_seed=1", "publish.gate.min_gain_over_champion=1.0")
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((new_lake / "reports" / "publish" / f"ds={DS}" / "report.json").read_text())
     assert report["promoted"] == 0 and report["served_version"] == champion != report["model_version"]
@@ -338,12 +345,10 @@ def test_calibrate_stops_at_the_first_round_that_does_not_improve_and_keeps_the_
     lake = env["work"] / "lake"
     out_dir = lake / "models" / "qe_rec_calibrated" / f"ds={DS}"
     before = _markers(lake, "models", "qe_rec_calibrated", "ds")
-    scratch = {**env["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/scratch.db", "RGALIGN_MLFLOW_ARTIFACT_ROOT": str(tmp_path / "art")}
+    scratch = _scratch_mlflow(env["env"], tmp_path)
 
     def calibrate(*extra):
-        sets = [a for o in FAST + list(extra) for a in ("--set", o)]
-        out = subprocess.run([str(VENV_BIN / "python"), "-m", "jobs.calibrate", "--ds", DS, *sets],
-                             env=scratch, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=900)
+        out = _job("calibrate", scratch, *extra, timeout=900)
         assert out.returncode == 0, out.stderr[-3000:]
         return json.loads((out_dir / "calibration.json").read_text())
 
