@@ -65,7 +65,7 @@ def run(ctx: stage.Context) -> dict:
     ranker_root = lake.partition("models", "qe_rec_cl", ctx.ds, key="ds")
     variant = "cl"
     start = lake.marker(ranker_root)
-    best_gauc = float(json.loads(Path(lake.report("rg_cl", ctx.ds)).read_text()).get("qe_rec/valid_gauc_mean", "nan")) \
+    best_gauc = float(json.loads(Path(lake.report("rg_cl", ctx.ds)).read_text()).get("valid_gauc_mean", "nan")) \
         if Path(lake.report("rg_cl", ctx.ds)).exists() else float("nan")
     if not np.isfinite(best_gauc):
         best_gauc = _valid_gauc(ctx, ranker_root, variant, seeds)

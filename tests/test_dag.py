@@ -125,6 +125,11 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
     assert {"test_gauc.two_tower", "test_session_gauc.qe_rec", "test_gauc_std.qe_rec", "cold_start_recall_at_3.qe_rec_cl", "test_ece.qe_rec_calibrated",
             "test_gauc.ref_oracle", "overall_gauc_z", "cold_start_recall_at_3_z"} <= set(parent_metrics)
     assert parent_metrics["test_gauc.qe_rec"] == pytest.approx(children["train_qe_rec"].data.metrics["test_gauc_mean"], abs=1e-4)
+    # an alignment stage's QE-Rec under train_qe_rec's metric names: one column in the UI's run comparison
+    for stage_name, model in (("rg_sft", "qe_rec_sft"), ("rg_dpo", "qe_rec_dpo"), ("rg_cl", "qe_rec_cl")):
+        m = children[stage_name].data.metrics
+        assert m["test_gauc_mean"] == pytest.approx(parent_metrics[f"test_gauc.{model}"], abs=1e-4)
+        assert {"valid_gauc_mean", "test_recall_at_3_mean", "seed0/valid_gauc"} <= set(m)
     assert parents[0].data.tags["git_commit"] and parents[0].data.tags["git_dirty"] in ("true", "false")
     # the alignment stages: each a new reasoner version, its queries, a QE-Rec on them, and its logs
     for variant in ("sft", "dpo", "cl"):
