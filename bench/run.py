@@ -51,12 +51,17 @@ DS = dt.date(2026, 11, 21)
 def machine() -> dict:
     import psutil
 
-    cpu = "unknown"
+    cpu, info = "unknown", {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+        cpu = info.get("model name", cpu)
+        # training figures depend on the vector instructions torch's kernels use (README, Status),
+        # and "AMD EPYC" alone does not say which generation this is
+        if "cpu family" in info:
+            isa = "AVX-512" if "avx512f" in info.get("flags", "").split() else "AVX2" if "avx2" in info.get("flags", "").split() else "no AVX2"
+            cpu = f"{cpu} (family {info['cpu family']} model {info.get('model', '?')}, {isa})"
     except OSError:
         pass
     java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
