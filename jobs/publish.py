@@ -7,9 +7,9 @@
 2. Score the test window's shown intents with the challenger (its queries from the lake) and the
    current ``champion`` version loaded from the registry (its own reasoner writes the queries; it
    runs on this checkout's code, already imported, not the copy registered with it). The
-   challenger becomes champion when its model (mean over seeds) does not lose GAUC to the
-   two-tower's, it beats the champion by ``gate.min_gain_over_champion`` and its ECE is within
-   ``gate.max_ece``; a rejected challenger keeps its version and the ``challenger`` alias for
+   challenger becomes champion when its model (mean over seeds) does not lose to the two-tower's
+   on GAUC or on session GAUC (the ranking inside a session), it beats the champion by
+   ``gate.min_gain_over_champion`` and its ECE is within ``gate.max_ece``; a rejected challenger keeps its version and the ``challenger`` alias for
    inspection.
 3. Write ``serving/topk/dt=<ds>/``: for every user with a session in the last
    ``publish.active_days`` days, the ``publish.top_k`` KB questions the champion ranks first from
@@ -65,9 +65,13 @@ def gate(challenger: dict, model_mean: dict, baseline_mean: dict, champion: dict
     never takes the alias back from a newer night's champion."""
     checks = [{"check": "GAUC gain over the baseline (means over seeds)", "value": model_mean["gauc"] - baseline_mean["gauc"],
                "threshold": float(cfg["min_gain_over_baseline"]), "rule": ">="},
+              # GAUC by user also rewards telling which sessions see a click; session GAUC is the ranking inside one
+              {"check": "session GAUC gain over the baseline (means over seeds)",
+               "value": model_mean["session_gauc"] - baseline_mean["session_gauc"],
+               "threshold": float(cfg["min_session_gauc_gain_over_baseline"]), "rule": ">="},
               {"check": "ECE", "value": challenger["ece"], "threshold": float(cfg["max_ece"]), "rule": "<="}]
     if champion is not None:
-        checks.insert(1, {"check": "GAUC gain over the champion", "value": challenger["gauc"] - champion["gauc"],
+        checks.insert(2, {"check": "GAUC gain over the champion", "value": challenger["gauc"] - champion["gauc"],
                           "threshold": float(cfg["min_gain_over_champion"]), "rule": ">="})
     if champion_ds:
         checks.append({"check": f"not older than the champion's ds ({champion_ds})", "value": float(ds >= champion_ds),
@@ -210,7 +214,7 @@ def run(ctx: stage.Context) -> dict:
         older = bool(champion_ds) and ctx.ds_str < champion_ds
         if not (older and mine):
             tags = {"ds": ctx.ds_str, "seed": str(seed), "query_variant": variant, "gate": "passed" if promote else "rejected",
-                    **{f"{who}.{m}": f"{figures[who][m]:.4f}" for who in figures for m in ("gauc", "recall_at_3", "ece")}}
+                    **{f"{who}.{m}": f"{figures[who][m]:.4f}" for who in figures for m in ("gauc", "session_gauc", "recall_at_3", "ece")}}
             for key, value in tags.items():
                 client.set_model_version_tag(name, version.version, key, value)
             client.update_model_version(name, version.version, description=table)
@@ -237,7 +241,7 @@ def run(ctx: stage.Context) -> dict:
               "users": int(active["user_id"].nunique()), "topk_rows": len(topk),
               "topk_distinct_intents": int(topk["intent_id"].nunique())}
     for who, fig in figures.items():
-        result.update({f"{who}/{m}": fig[m] for m in ("gauc", "recall_at_3", "ece", "calibration_ratio")})
+        result.update({f"{who}/{m}": fig[m] for m in ("gauc", "session_gauc", "recall_at_3", "ece", "calibration_ratio")})
     return result
 
 
@@ -254,7 +258,7 @@ def _seeds_mean(lake, ds, test_days, model_roots: list[str]) -> list[dict]:
     out = []
     for root in model_roots:
         rows = [score_metrics(f, p["score"], everyone, 3, p["prob"]) for p in seed_predictions(root, key, root).values()]
-        out.append({m: float(np.mean([r[m] for r in rows])) for m in ("gauc", "recall_at_3", "ndcg_at_3", "ece", "calibration_ratio")})
+        out.append({m: float(np.mean([r[m] for r in rows])) for m in ("gauc", "session_gauc", "recall_at_3", "ndcg_at_3", "ece", "calibration_ratio")})
     return out
 
 
@@ -301,9 +305,9 @@ def _champion(client, name: str):
 
 
 def _gate_table(figures: dict, labels: dict, checks: list[dict], promote: bool, champion_version, same_as_champion: bool) -> str:
-    rows = ["| model | GAUC | Recall@3 | NDCG@3 | ECE | Σp/Σy |", "|---|---|---|---|---|---|"]
+    rows = ["| model | GAUC | session GAUC | Recall@3 | NDCG@3 | ECE | Σp/Σy |", "|---|---|---|---|---|---|---|"]
     for who, f in figures.items():
-        rows.append(f"| {labels[who]} | {f['gauc']:.4f} | {f['recall_at_3']:.4f} | {f['ndcg_at_3']:.4f} | {f['ece']:.4f} | {f['calibration_ratio']:.3f} |")
+        rows.append(f"| {labels[who]} | {f['gauc']:.4f} | {f['session_gauc']:.4f} | {f['recall_at_3']:.4f} | {f['ndcg_at_3']:.4f} | {f['ece']:.4f} | {f['calibration_ratio']:.3f} |")
     rows += ["", "| check | value | rule | passed |", "|---|---|---|---|"]
     rows += [f"| {c['check']} | {c['value']:+.4f} | {c['rule']} {c['threshold']:g} | {'yes' if c['passed'] else 'no'} |" for c in checks]
     verdict = "already the champion (the same fingerprint)" if same_as_champion else (

@@ -10,25 +10,28 @@ import pytest
 from jobs.publish import gate, latest_session_per_user, serving_requirements
 from rgalign_core.serving import best_per_session, candidates
 
-GATE = {"min_gain_over_baseline": 0.0, "min_gain_over_champion": 0.002, "max_ece": 0.05}
+GATE = {"min_gain_over_baseline": 0.0, "min_session_gauc_gain_over_baseline": 0.0, "min_gain_over_champion": 0.002, "max_ece": 0.05}
 
 
-def fig(gauc, ece=0.01):
-    return {"gauc": gauc, "ece": ece}
+def fig(gauc, ece=0.01, session_gauc=None):
+    return {"gauc": gauc, "ece": ece, "session_gauc": gauc if session_gauc is None else session_gauc}
 
 
 def test_gate_passes_only_when_every_check_does():
     ok, checks = gate(fig(0.80), fig(0.80), fig(0.78), fig(0.79), GATE, "2026-11-21", "2026-11-20")
-    assert ok and [c["passed"] for c in checks] == [True, True, True, True]
-    assert checks[1]["value"] == pytest.approx(0.01)
+    assert ok and [c["passed"] for c in checks] == [True, True, True, True, True]
+    assert checks[2]["value"] == pytest.approx(0.01)
     # within the champion's margin: rejected on that check alone
     ok, checks = gate(fig(0.791), fig(0.80), fig(0.78), fig(0.79), GATE, "2026-11-21", "2026-11-20")
     assert not ok and [c["check"] for c in checks if not c["passed"]] == ["GAUC gain over the champion"]
     # first night, no champion: the seed is fine but the model loses to the baseline over its seeds
     ok, checks = gate(fig(0.80), fig(0.77), fig(0.78), None, GATE)
-    assert not ok and len(checks) == 2 and not checks[0]["passed"]
+    assert not ok and len(checks) == 3 and not checks[0]["passed"]
     ok, _ = gate(fig(0.80, ece=0.08), fig(0.80), fig(0.78), None, GATE)
     assert not ok
+    # more GAUC than the baseline but a worse ranking inside the sessions: the gain is click propensity
+    ok, checks = gate(fig(0.80), fig(0.80, session_gauc=0.77), fig(0.78), None, GATE)
+    assert not ok and [c["check"] for c in checks if not c["passed"]] == ["session GAUC gain over the baseline (means over seeds)"]
     ok, _ = gate(fig(0.80), fig(0.80), fig(0.78), None, GATE)
     assert ok
 
