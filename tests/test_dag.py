@@ -15,9 +15,9 @@ DS = "2026-11-21"
 FAST = ["train.steps=20", "train.log_every=5", "ranker.seeds=[0, 1]", "ranker.epochs=2",
         "rg_sft.train.steps=8", "rg_dpo.train.steps=8", "rg_cl.train.steps=8", "calibrate.cl_steps=4",
         "calibrate.finetune_epochs=1", "rg_sft.train.log_every=2", "rg_dpo.train.log_every=2", "rg_cl.train.log_every=2",
-        # 2-epoch rankers on the tiny world: the query does not help yet, and the gate's baseline check
+        # 2-epoch rankers on the tiny world: the query does not help yet, and the gate's baseline checks
         # would (rightly) stop publish; its checks are tested in test_publish.py
-        "publish.gate.min_gain_over_baseline=-1"]
+        "publish.gate.min_gain_over_baseline=-1", "publish.gate.min_session_gauc_gain_over_baseline=-1"]
 HEAVY = ("torch", "pyspark", "deepspeed", "transformers", "mlflow", "pandas", "pyarrow", "sklearn")
 
 
