@@ -60,7 +60,8 @@ def machine() -> dict:
         # training figures depend on the vector instructions torch's kernels use (README, Status),
         # and "AMD EPYC" alone does not say which generation this is
         if "cpu family" in info:
-            isa = "AVX-512" if "avx512f" in info.get("flags", "").split() else "AVX2" if "avx2" in info.get("flags", "").split() else "no AVX2"
+            flags = info.get("flags", "").split()
+            isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
             cpu = f"{cpu} (family {info['cpu family']} model {info.get('model', '?')}, {isa})"
     except OSError:
         pass

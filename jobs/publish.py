@@ -9,8 +9,8 @@
    runs on this checkout's code, already imported, not the copy registered with it). The
    challenger becomes champion when its model (mean over seeds) does not lose to the two-tower's
    on GAUC or on session GAUC (the ranking inside a session), it beats the champion by
-   ``gate.min_gain_over_champion`` and its ECE is within ``gate.max_ece``; a rejected challenger keeps its version and the ``challenger`` alias for
-   inspection.
+   ``gate.min_gain_over_champion`` and its ECE is within ``gate.max_ece``; a rejected challenger
+   keeps its version and the ``challenger`` alias for inspection.
 3. Write ``serving/topk/dt=<ds>/``: for every user with a session in the last
    ``publish.active_days`` days, the ``publish.top_k`` KB questions the champion ranks first from
    that user's latest session, with the calibrated probability, the latent query and the model
