@@ -29,7 +29,10 @@ lake and MLflow store under ``--work``.
 
 With more than 3 seeds (``--set ranker.seeds=[0,1,...,9]``) it also reports, per variant, the share
 of the 3-seed draws from those seeds (the same 3 for both models, as a DAG run uses) on which the
-variant would clear 3 σ against the baseline: how often "> 3 σ over 3 seeds" holds, not once.
+variant would clear 3 σ against the baseline: how often "> 3 σ over 3 seeds" holds, not once. And
+it splits each headline metric's seed spread into the seeds really differing and the finite test
+window (from each seed's figures on random halves of the test users; ``bench.run.spread_parts``), so
+a reviewer sees whether more seeds or a longer test window would narrow it.
 
     python -m bench.query_ceiling --ds 2026-11-21 --variants base,oracle --set 'ranker.seeds=[0,1,2,3,4,5,6,7,8,9]' --name seeds10
 
@@ -51,6 +54,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("baseline", "constant", "base", "rules", "rules_text", "oracle")
+
+
+# random halves of the test users for bench.run.spread_parts: how many, and the seed that draws them
+HALVES_SPLITS = 40
+HALVES_SEED = 0
 
 
 def write_query_variants(source, scratch, days) -> None:
@@ -108,6 +116,12 @@ def slice_metrics(lake, ds, cfg):
     masks = evaluate.slices({**f, "need_kind": evaluate.need_kinds(lake, test_days, f["session_id"])})
     masks = {"cold_start": masks[evaluate.COLD_START], "text_need": masks["latent need=text"]}
     key = pd.MultiIndex.from_arrays([f["session_id"], f["intent_id"]])
+    # the same random halves of the test users for every seed, model and run (merged runs line up):
+    # how a seed scores on two halves tells its own quality from how its errors fall on these users
+    users = np.unique(f["user_id"])
+    rng = np.random.default_rng(HALVES_SEED)
+    halves = [np.isin(f["user_id"], rng.choice(users, len(users) // 2, replace=False)) for _ in range(HALVES_SPLITS)]
+    spread_masks = {"test": np.ones(len(f["user_id"]), bool), "cold_start": masks["cold_start"]}
 
     def of(model_dir: str) -> dict:
         seeds = evaluate.seed_predictions(lake.partition("models", model_dir, ds, key="ds"), key, model_dir)
@@ -118,6 +132,12 @@ def slice_metrics(lake, ds, cfg):
             out.update({f"{name}_{m}_{stat}": float(fn([r[m] for r in per_seed]))
                         for m in ("gauc", "recall_at_3") for stat, fn in (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1)))})
             out.update({f"{name}_{m}_seeds": [float(r[m]) for r in per_seed] for m in ("gauc", "recall_at_3")})
+        for name, mask in spread_masks.items():
+            # per seed, per split: the metric on half A and on half B (bench.run.spread_parts reads them)
+            per_seed = [[[evaluate.score_metrics(f, seeds[s]["score"], mask & side, k) for side in (a, ~a)] for a in halves]
+                        for s in cfg["ranker"]["seeds"]]
+            out.update({f"{name}_{m}_halves": [[[float(r[m]) for r in split] for split in seed] for seed in per_seed]
+                        for m in ("gauc", "recall_at_3")})
         return out
     return of
 
@@ -184,6 +204,8 @@ def merge_results(parts: list[dict]) -> dict:
     for name, row in first["variants"].items():
         merged = {}
         for key in row:
+            if key.endswith("_halves"):
+                merged[key] = [v for x in parts for v in x["variants"][name][key]]
             if key.endswith("_seeds"):
                 merged[key] = [v for x in parts for v in x["variants"][name][key]]
                 stem = key[:-len("_seeds")]

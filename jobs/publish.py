@@ -37,6 +37,8 @@ from rgalign_core.config import PROJECT_ROOT, fingerprint
 
 log = logging.getLogger("rgalign.publish")
 VERSION = 1
+# the test-window figures publish carries for each model: in the gate table, the version's tags and the stage's metrics
+FIGURES = ("gauc", "session_gauc", "recall_at_3", "ndcg_at_3", "ece", "calibration_ratio")
 FINGERPRINT_TAG = "rgalign.fingerprint"
 # the registered model's page in the MLflow UI: what it is and how to call it
 REGISTERED_MODEL_DESCRIPTION = """rgalign's proactive intent recommender: QE-Rec (a three-tower ranker that reads the
@@ -214,7 +216,7 @@ def run(ctx: stage.Context) -> dict:
         older = bool(champion_ds) and ctx.ds_str < champion_ds
         if not (older and mine):
             tags = {"ds": ctx.ds_str, "seed": str(seed), "query_variant": variant, "gate": "passed" if promote else "rejected",
-                    **{f"{who}.{m}": f"{figures[who][m]:.4f}" for who in figures for m in ("gauc", "session_gauc", "recall_at_3", "ece")}}
+                    **{f"{who}.{m}": f"{figures[who][m]:.4f}" for who in figures for m in FIGURES}}
             for key, value in tags.items():
                 client.set_model_version_tag(name, version.version, key, value)
             client.update_model_version(name, version.version, description=table)
@@ -241,7 +243,7 @@ def run(ctx: stage.Context) -> dict:
               "users": int(active["user_id"].nunique()), "topk_rows": len(topk),
               "topk_distinct_intents": int(topk["intent_id"].nunique())}
     for who, fig in figures.items():
-        result.update({f"{who}/{m}": fig[m] for m in ("gauc", "session_gauc", "recall_at_3", "ece", "calibration_ratio")})
+        result.update({f"{who}/{m}": fig[m] for m in FIGURES})
     return result
 
 
@@ -258,7 +260,7 @@ def _seeds_mean(lake, ds, test_days, model_roots: list[str]) -> list[dict]:
     out = []
     for root in model_roots:
         rows = [score_metrics(f, p["score"], everyone, 3, p["prob"]) for p in seed_predictions(root, key, root).values()]
-        out.append({m: float(np.mean([r[m] for r in rows])) for m in ("gauc", "session_gauc", "recall_at_3", "ndcg_at_3", "ece", "calibration_ratio")})
+        out.append({m: float(np.mean([r[m] for r in rows])) for m in FIGURES})
     return out
 
 

@@ -1,5 +1,5 @@
 """bench helpers that turn measured results into claims: they must count right."""
-from bench.run import HEADLINE, three_seed_power
+from bench.run import HEADLINE, spread_decomposition, three_seed_power
 
 
 def test_three_seed_power_counts_the_draws_that_clear_3_sigma():
@@ -14,7 +14,8 @@ def test_three_seed_power_counts_the_draws_that_clear_3_sigma():
 
 def _part(seeds, gauc, overrides=("sim.scale=medium",)):
     row = {"test_gauc_seeds": gauc, "test_gauc_mean": sum(gauc) / len(gauc), "test_gauc_std": 0.0,
-           "valid_gauc_seeds": gauc, "valid_gauc_mean": 0.0, "epochs_mean": float(len(seeds))}
+           "valid_gauc_seeds": gauc, "valid_gauc_mean": 0.0, "epochs_mean": float(len(seeds)),
+           "test_gauc_halves": [[[g - 0.01, g + 0.01]] for g in gauc]}
     return {"ds": "2026-11-30", "lake": "/lake", "overrides": [*overrides, f"ranker.seeds={seeds}"], "seeds": seeds,
             "variants": {"baseline": row, "base": {**row, "test_gauc_seeds": [g + 0.01 for g in gauc]}}}
 
@@ -33,8 +34,26 @@ def test_merged_query_ceiling_runs_are_one_run_of_all_their_seeds():
     assert base["test_gauc_mean"] == pytest.approx(0.81)
     assert base["test_gauc_std"] == pytest.approx(np.std([0.80, 0.82, 0.79, 0.81, 0.83], ddof=1))
     assert base["epochs_mean"] == pytest.approx((2 * 2 + 3 * 3) / 5)  # weighted by each part's seeds
+    assert base["test_gauc_halves"] == [[[g - 0.01, g + 0.01]] for g in [0.80, 0.82, 0.79, 0.81, 0.83]]  # by seed, in order
     assert merged["variants"]["base"]["test_gauc_mean"] == pytest.approx(0.82)
     with pytest.raises(ValueError, match="seeds repeat"):
         merge_results([_part([0, 1], [0.8, 0.8]), _part([1, 2], [0.8, 0.8])])
     with pytest.raises(ValueError, match="overrides other than ranker.seeds"):
         merge_results([_part([0, 1], [0.8, 0.8]), _part([2, 3], [0.8, 0.8], overrides=("sim.scale=small",))])
+
+
+def test_spread_decomposition_separates_the_seeds_from_the_test_window():
+    import numpy as np
+    import pytest
+
+    rng = np.random.default_rng(0)
+    n_seeds, n_splits, seeds_sd, window_sd = 400, 40, 0.010, 0.006
+    quality = rng.normal(0.8, seeds_sd, n_seeds)
+    # on a half of the users, a seed's own errors count twice as much as on the whole window
+    halves = quality[:, None, None] + rng.normal(0, window_sd * np.sqrt(2), (n_seeds, n_splits, 2))
+    seeds_var, window_var = spread_decomposition(halves.tolist())
+    assert np.sqrt(seeds_var) == pytest.approx(seeds_sd, rel=0.1)
+    assert np.sqrt(window_var) == pytest.approx(window_sd, rel=0.1)
+    # all window noise, no seed differences: the seeds' part is (clipped) zero
+    seeds_var, window_var = spread_decomposition(rng.normal(0.8, 0.01, (400, 40, 2)).tolist())
+    assert np.sqrt(seeds_var) < 0.002 and np.sqrt(window_var) > 0.006
