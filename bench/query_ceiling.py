@@ -191,12 +191,14 @@ def merge_results(parts: list[dict]) -> dict:
     import numpy as np
 
     def same_inputs(x):
-        return x["ds"], x["lake"], sorted(_overrides_but_seeds(x["overrides"])), sorted(x["variants"])
+        # a file from before the spread's halves cannot be merged with one that has them
+        halves = sorted(k for row in x["variants"].values() for k in row if k.endswith("_halves"))
+        return x["ds"], x["lake"], sorted(_overrides_but_seeds(x["overrides"])), sorted(x["variants"]), halves
     first = parts[0]
     for x in parts[1:]:
         if same_inputs(x) != same_inputs(first):
             raise ValueError(f"cannot merge: {same_inputs(x)} differs from {same_inputs(first)} "
-                             "(ds, lake, overrides other than ranker.seeds, variants must match)")
+                             "(ds, lake, overrides other than ranker.seeds, variants and the recorded halves must match)")
     seeds = [s for x in parts for s in x["seeds"]]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"cannot merge: seeds repeat across the parts ({seeds})")

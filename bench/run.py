@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.query_ceiling import HALVES_SPLITS
 from rgalign_core.metrics import z_score
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -453,38 +452,54 @@ def three_seed_power(variants: dict, n_seeds: int) -> str:
     return "".join(out)
 
 
-def spread_decomposition(halves) -> tuple[float, float]:
-    """(seed variance, test-window variance) of a metric over seeds, from its value on random halves
-    of the test users: ``halves[seed][split] = (on half A, on half B)``. Over seeds, cov(A, B) is what
-    the seeds really differ by (it would stay on any test set); a half's variance is that plus twice
-    the full window's own part, which shrinks as 1 / the window's length. A negative estimate (noise
-    around zero) is 0."""
+def spread_decomposition(halves, full) -> tuple[float, float]:
+    """(seed variance, test-window variance) of a metric over seeds. ``full[seed]`` is its value on
+    the whole test window, ``halves[seed][split] = (on half A, on half B)`` on random halves of the
+    test users. Over seeds, cov(A, B) is what the seeds really differ by (it would stay on any test
+    set); the rest of the variance of ``full`` is how each seed's errors fall on these users, which
+    shrinks as 1 / the window's length. The seeds' part is clipped to [0, variance] (a negative
+    covariance is noise around zero), so the two parts always add up to the variance."""
     h = np.asarray(halves, dtype=np.float64)  # seeds x splits x 2
-    seeds_var = np.mean([np.cov(h[:, i, 0], h[:, i, 1])[0, 1] for i in range(h.shape[1])])
-    half_var = np.mean(h.var(axis=0, ddof=1))
-    return max(float(seeds_var), 0.0), max(float(half_var - seeds_var) / 2, 0.0)
+    total = float(np.var(np.asarray(full, dtype=np.float64), ddof=1))
+    cov = float(np.mean([np.cov(h[:, i, 0], h[:, i, 1])[0, 1] for i in range(h.shape[1])]))
+    seeds_var = min(max(cov, 0.0), total)
+    return seeds_var, total - seeds_var
 
 
-def spread_parts(variants: dict, longer: int = 10) -> str:
+def spread_parts(variants: dict, longer: int = 10, resamples: int = 500) -> str:
     """Markdown: each headline metric's seed spread split into the seeds' own part and the finite test
     window's part (``spread_decomposition``), and the z a variant would have against the baseline with
-    a test window ``longer`` times as long (its test-window part divided by that, the seeds' kept)."""
+    a test window ``longer`` times as long (its window part divided by that, the seeds' kept), with a
+    90 % interval from resampling the seeds (the split of a few seeds' spread is itself uncertain)."""
+    rng = np.random.default_rng(0)
     base = variants["baseline"]
-    out = [f"\nWhat each seed spread is made of (sd = √(seeds² + window²), over {HALVES_SPLITS} random "
-           "halves of the test users; `bench.run.spread_decomposition`): *seeds* is how much the trained models "
-           "really differ, *window* how their errors happen to fall on this test window's users, which a longer "
-           f"window shrinks. z ×{longer}: the z against the baseline with a test window {longer}× as long.\n\n"
+    n_seeds = len(base[HEADLINE[0][0] + "_seeds"])
+
+    def z_longer(v, m, idx_v, idx_b) -> float:
+        sds = []
+        for row, idx in ((v, idx_v), (base, idx_b)):
+            seeds_var, window_var = spread_decomposition(np.asarray(row[m + "_halves"])[idx], np.asarray(row[m + "_seeds"])[idx])
+            sds.append(np.sqrt(seeds_var + window_var / longer))
+        return z_score(np.mean(np.asarray(v[m + "_seeds"])[idx_v]), sds[0], np.mean(np.asarray(base[m + "_seeds"])[idx_b]), sds[1])
+
+    splits = len(base[HEADLINE[0][0] + "_halves"][0])
+    out = [f"\nWhat each seed spread is made of (sd² = seeds² + window², from {splits} random halves of the test "
+           "users; `bench.run.spread_decomposition`): *seeds* is how much the trained models really differ, "
+           "*window* how their errors happen to fall on this test window's users, which a longer window shrinks "
+           "(seeds 0.0000: the halves' covariance was at or below zero, so that part cannot be told from none). "
+           f"z ×{longer}: the z against the baseline with a test window {longer}× as long, and its 5–95 % range "
+           f"over {resamples} resamplings of the seeds.\n\n"
            "| variant | " + " | ".join(label for _, label in HEADLINE) + " |\n|---|" + "---|" * len(HEADLINE) + "\n"]
-    parts = {name: {m: spread_decomposition(v[m + "_halves"]) for m, _ in HEADLINE} for name, v in variants.items()}
+    everyone = np.arange(n_seeds)
     for name, v in variants.items():
         cells = []
         for m, _ in HEADLINE:
-            seeds_var, window_var = parts[name][m]
+            seeds_var, window_var = spread_decomposition(v[m + "_halves"], v[m + "_seeds"])
             cell = f"seeds {np.sqrt(seeds_var):.4f} · window {np.sqrt(window_var):.4f}"
             if name != "baseline":
-                sd = np.sqrt(seeds_var + window_var / longer)
-                sd_base = np.sqrt(parts["baseline"][m][0] + parts["baseline"][m][1] / longer)
-                cell += f" (z ×{longer}: {z_score(v[m + '_mean'], sd, base[m + '_mean'], sd_base):+.1f})"
+                boot = [z_longer(v, m, rng.integers(0, n_seeds, n_seeds), rng.integers(0, n_seeds, n_seeds)) for _ in range(resamples)]
+                lo, hi = np.percentile(boot, [5, 95])
+                cell += f" (z ×{longer}: {z_longer(v, m, everyone, everyone):+.1f}, {lo:+.1f} to {hi:+.1f})"
             cells.append(cell)
         out.append(f"| {name} | " + " | ".join(cells) + " |\n")
     return "".join(out)

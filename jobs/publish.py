@@ -37,7 +37,7 @@ from rgalign_core.config import PROJECT_ROOT, fingerprint
 
 log = logging.getLogger("rgalign.publish")
 VERSION = 1
-# the test-window figures publish carries for each model: in the gate table, the version's tags and the stage's metrics
+# the test-window figures publish records for each model: the registered version's tags and the stage's metrics
 FIGURES = ("gauc", "session_gauc", "recall_at_3", "ndcg_at_3", "ece", "calibration_ratio")
 FINGERPRINT_TAG = "rgalign.fingerprint"
 # the registered model's page in the MLflow UI: what it is and how to call it

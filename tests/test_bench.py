@@ -1,5 +1,5 @@
 """bench helpers that turn measured results into claims: they must count right."""
-from bench.run import HEADLINE, spread_decomposition, three_seed_power
+from bench.run import HEADLINE, spread_decomposition, spread_parts, three_seed_power
 
 
 def test_three_seed_power_counts_the_draws_that_clear_3_sigma():
@@ -49,11 +49,31 @@ def test_spread_decomposition_separates_the_seeds_from_the_test_window():
     rng = np.random.default_rng(0)
     n_seeds, n_splits, seeds_sd, window_sd = 400, 40, 0.010, 0.006
     quality = rng.normal(0.8, seeds_sd, n_seeds)
+    full = quality + rng.normal(0, window_sd, n_seeds)
     # on a half of the users, a seed's own errors count twice as much as on the whole window
     halves = quality[:, None, None] + rng.normal(0, window_sd * np.sqrt(2), (n_seeds, n_splits, 2))
-    seeds_var, window_var = spread_decomposition(halves.tolist())
+    seeds_var, window_var = spread_decomposition(halves.tolist(), full.tolist())
     assert np.sqrt(seeds_var) == pytest.approx(seeds_sd, rel=0.1)
-    assert np.sqrt(window_var) == pytest.approx(window_sd, rel=0.1)
-    # all window noise, no seed differences: the seeds' part is (clipped) zero
-    seeds_var, window_var = spread_decomposition(rng.normal(0.8, 0.01, (400, 40, 2)).tolist())
-    assert np.sqrt(seeds_var) < 0.002 and np.sqrt(window_var) > 0.006
+    assert np.sqrt(window_var) == pytest.approx(window_sd, rel=0.2)
+    assert seeds_var + window_var == pytest.approx(np.var(full, ddof=1))
+    # halves that disagree (a negative covariance): no seeds' part, the whole variance is the window's
+    full = [0.80, 0.82, 0.80, 0.82]
+    halves = [[[f + d, f - d]] for f, d in zip(full, [0.01, -0.01, -0.01, 0.01])]
+    seeds_var, window_var = spread_decomposition(halves, full)
+    assert seeds_var == 0.0 and window_var == pytest.approx(np.var(full, ddof=1))
+
+
+def test_spread_parts_projects_z_for_a_longer_test_window():
+    # baseline: halves that agree, so its spread is all seeds (a longer window keeps it);
+    # candidate: +0.05, all window (a 10x window divides its variance by 10)
+    base_full = [0.80, 0.82, 0.80, 0.82]
+    cand_full = [f + 0.05 for f in base_full]
+    base = {m + "_seeds": base_full for m, _ in HEADLINE} | {m + "_halves": [[[f, f]] for f in base_full] for m, _ in HEADLINE}
+    base |= {m + "_mean": 0.81 for m, _ in HEADLINE}
+    cand = {m + "_seeds": cand_full for m, _ in HEADLINE} | {m + "_mean": 0.86 for m, _ in HEADLINE}
+    cand |= {m + "_halves": [[[f + d, f - d]] for f, d in zip(cand_full, [0.01, -0.01, -0.01, 0.01])] for m, _ in HEADLINE}
+    table = spread_parts({"baseline": base, "candidate": cand}, longer=10, resamples=20)
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    assert "seeds 0.0115 · window 0.0000" in rows["| baseline"]
+    # z = 0.05 / sqrt(0.0115^2 + 0.0115^2 / 10) = 4.13
+    assert "seeds 0.0000 · window 0.0115 (z ×10: +4.1," in rows["| candidate"]
