@@ -206,10 +206,9 @@ def merge_results(parts: list[dict]) -> dict:
     for name, row in first["variants"].items():
         merged = {}
         for key in row:
-            if key.endswith("_halves"):
+            if key.endswith(("_seeds", "_halves")):  # per-seed lists: concatenated in the parts' order
                 merged[key] = [v for x in parts for v in x["variants"][name][key]]
             if key.endswith("_seeds"):
-                merged[key] = [v for x in parts for v in x["variants"][name][key]]
                 stem = key[:-len("_seeds")]
                 merged[stem + "_mean"] = float(np.mean(merged[key]))
                 if stem + "_std" in row:
