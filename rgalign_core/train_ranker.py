@@ -6,7 +6,10 @@ seeded generator; the loss is listwise softmax over a session's shown intents on
 training uses an additive position bias that inference leaves out. Early stopping keeps the
 epoch with the best validation GAUC; with ``lr_decay`` < 1, each ``lr_plateau`` epochs in a row
 without a better validation GAUC multiply the learning rate by it first (FuxiCTR's
-reduce-LR-on-plateau). Deterministic on CPU for a seed.
+reduce-LR-on-plateau). With ``refit`` on, each seed is then trained again from the same
+initialisation on the train and validation windows for the epoch count early stopping kept, so the
+model that is tested, scored and published has also seen the freshest days (where the newest intents
+first appear). Deterministic on CPU for a seed.
 """
 from __future__ import annotations
 
@@ -84,8 +87,11 @@ def evaluate(model, data, idx: np.ndarray, k: int = 3) -> dict:
                                   probs=1 / (1 + np.exp(-f["score"])), k=k)
 
 
-def fit(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: dict, seed: int, log_metric=None):
-    """Train with early stopping on validation GAUC; returns (best model, per-epoch history)."""
+def fit(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: dict, seed: int, log_metric=None,
+        fixed_epochs: int | None = None):
+    """Train with early stopping on validation GAUC; returns (best model, per-epoch history).
+    ``fixed_epochs``: train exactly that many epochs and keep the last (a refit whose training set
+    holds the validation window: nothing is left to stop on, so ``valid_idx`` is not scored)."""
     import torch
     from tqdm import tqdm
 
@@ -101,7 +107,7 @@ def fit(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: dict, se
     B = int(cfg["batch_sessions"])
     decay, plateau = float(cfg.get("lr_decay", 1.0)), int(cfg.get("lr_plateau", 0))
     best, best_state, bad, history = -1.0, None, 0, []
-    for epoch in range(1, int(cfg["epochs"]) + 1):
+    for epoch in range(1, int(fixed_epochs or cfg["epochs"]) + 1):
         model.train()
         perm = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         t0, total, n_imp = time.time(), 0.0, 0
@@ -114,10 +120,17 @@ def fit(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: dict, se
             total += float(loss.detach()) * len(b["mask"])
             n_imp += int(b["mask"].sum())
         seconds = time.time() - t0
-        valid = evaluate(model, data, valid_idx)
-        row = {"epoch": epoch, "train_loss": total / len(perm), "valid_gauc": valid["gauc"], "valid_auc": valid["auc"],
-               "valid_recall_at_3": valid["recall_at_3"], "valid_logloss": valid["logloss"],
+        row = {"epoch": epoch, "train_loss": total / len(perm),
                "samples_per_s": n_imp / max(seconds, 1e-9), "epoch_s": seconds, "lr": opt.param_groups[0]["lr"]}
+        if fixed_epochs:
+            history.append(row)
+            log.info("refit epoch %d/%d: loss %.4f (%.0f samples/s)", epoch, fixed_epochs, row["train_loss"], row["samples_per_s"])
+            if log_metric:
+                log_metric(row, epoch)
+            continue
+        valid = evaluate(model, data, valid_idx)
+        row.update({"valid_gauc": valid["gauc"], "valid_auc": valid["auc"], "valid_recall_at_3": valid["recall_at_3"],
+                    "valid_logloss": valid["logloss"]})
         history.append(row)
         log.info("epoch %d: loss %.4f valid GAUC %.4f recall@3 %.4f (%.0f samples/s)", epoch, row["train_loss"],
                  row["valid_gauc"], row["valid_recall_at_3"], row["samples_per_s"])
@@ -133,7 +146,8 @@ def fit(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: dict, se
             if decay < 1.0 and plateau and bad % plateau == 0:
                 for group in opt.param_groups:
                     group["lr"] *= decay
-    model.load_state_dict(best_state)
+    if not fixed_epochs:
+        model.load_state_dict(best_state)
     return model, history
 
 
@@ -211,19 +225,25 @@ def run_job(ctx, model_name: str, query_variant: str | None, out_name: str | Non
                         **{f"{log_prefix}ranker.{k}": v for k, v in (overrides or {}).items()}})
     for name, paths in (("features.samples", inputs[:len(days)]),) + ((("queries." + query_variant, inputs[len(days):2 * len(days)]),) if query_variant else ()):
         ctx.tracker.dataset(lake, paths, name, context="training")
+    from safetensors.torch import load_file
+
     results, histories, preds = {}, {}, []
     with lake.write_partition(out, {"fingerprint": fp}) as tmp:
         for seed in rcfg["seeds"]:
             model = build(model_name, schema, rcfg["model"], seed)
             if init_from:
-                from safetensors.torch import load_file
-
                 model.load_state_dict(load_file(f"{init_from}/seed={seed}/model.safetensors"))
             model, hist = fit(model, data, tr, va, rcfg, seed,
                               log_metric=lambda row, ep, s=seed: ctx.tracker.metrics({f"{log_prefix}seed{s}/{k}": v for k, v in row.items() if k != "epoch"}, step=ep))
             histories[seed] = hist
             kept = max(hist, key=lambda h: h["valid_gauc"])  # the epoch fit restored (its last metric is the last epoch's)
             ctx.tracker.metrics({f"{log_prefix}seed{seed}/best_valid_gauc": kept["valid_gauc"], f"{log_prefix}seed{seed}/best_epoch": kept["epoch"]})
+            if rcfg.get("refit"):
+                model = build(model_name, schema, rcfg["model"], seed)  # the same initialisation as the run above
+                if init_from:
+                    model.load_state_dict(load_file(f"{init_from}/seed={seed}/model.safetensors"))
+                model, _ = fit(model, data, np.concatenate([tr, va]), va, rcfg, seed, fixed_epochs=kept["epoch"],
+                               log_metric=lambda row, ep, s=seed: ctx.tracker.metrics({f"{log_prefix}seed{s}/refit_{k}": v for k, v in row.items() if k != "epoch"}, step=ep))
             test = evaluate(model, data, te)
             results[seed] = test
             save(model, Path(tmp) / f"seed={seed}", model_name, schema, rcfg["model"], data.vocab,

@@ -89,6 +89,21 @@ def test_fit_changes_every_parameter_of_the_model_it_keeps(name):
     assert train_ranker.evaluate(kept, data, idx[64:])["gauc"] == pytest.approx(best, abs=1e-9)  # the best epoch's state
 
 
+def test_fixed_epochs_trains_exactly_that_many_and_keeps_the_last():
+    """ranker.refit's second pass: no validation to stop on, every epoch trained, the last state kept,
+    and the intents of the whole index it is given (valid days included) marked as seen."""
+    data = tiny_data()
+    tr = np.flatnonzero((data.tensors["intent"] != 8).all(1).numpy())
+    everything = np.arange(data.n)
+    model = train_ranker.build("qe_rec", train_ranker.schema_of(data), TINY, seed=4)
+    model, hist = train_ranker.fit(model, data, everything, tr, {**TRAIN, "epochs": 9, "patience": 1}, seed=4, fixed_epochs=4)
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4] and "valid_gauc" not in hist[0]
+    assert bool(model.intent.seen_ids[8])  # seen in the refit's index, so no longer read as the unknown id
+    again = train_ranker.build("qe_rec", train_ranker.schema_of(data), TINY, seed=4)
+    again, _ = train_ranker.fit(again, data, everything, tr, {**TRAIN, "epochs": 9, "patience": 1}, seed=4, fixed_epochs=4)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
 def test_learning_rate_drops_on_each_validation_plateau():
     """lr_decay/lr_plateau: the rate an epoch trains at halves after every lr_plateau epochs in a row
     without a better validation GAUC, and stays put after an epoch that improved."""
