@@ -123,19 +123,18 @@ def fit(model, data, train_idx: np.ndarray, valid_idx: np.ndarray, cfg: dict, se
         row = {"epoch": epoch, "train_loss": total / len(perm),
                "samples_per_s": n_imp / max(seconds, 1e-9), "epoch_s": seconds, "lr": opt.param_groups[0]["lr"]}
         if fixed_epochs:
-            history.append(row)
             log.info("refit epoch %d/%d: loss %.4f (%.0f samples/s)", epoch, fixed_epochs, row["train_loss"], row["samples_per_s"])
-            if log_metric:
-                log_metric(row, epoch)
-            continue
-        valid = evaluate(model, data, valid_idx)
-        row.update({"valid_gauc": valid["gauc"], "valid_auc": valid["auc"], "valid_recall_at_3": valid["recall_at_3"],
-                    "valid_logloss": valid["logloss"]})
+        else:
+            valid = evaluate(model, data, valid_idx)
+            row.update({"valid_gauc": valid["gauc"], "valid_auc": valid["auc"], "valid_recall_at_3": valid["recall_at_3"],
+                        "valid_logloss": valid["logloss"]})
+            log.info("epoch %d: loss %.4f valid GAUC %.4f recall@3 %.4f (%.0f samples/s)", epoch, row["train_loss"],
+                     row["valid_gauc"], row["valid_recall_at_3"], row["samples_per_s"])
         history.append(row)
-        log.info("epoch %d: loss %.4f valid GAUC %.4f recall@3 %.4f (%.0f samples/s)", epoch, row["train_loss"],
-                 row["valid_gauc"], row["valid_recall_at_3"], row["samples_per_s"])
         if log_metric:
             log_metric(row, epoch)
+        if fixed_epochs:
+            continue
         if valid["gauc"] > best + 1e-5:
             best, bad = valid["gauc"], 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -225,25 +224,28 @@ def run_job(ctx, model_name: str, query_variant: str | None, out_name: str | Non
                         **{f"{log_prefix}ranker.{k}": v for k, v in (overrides or {}).items()}})
     for name, paths in (("features.samples", inputs[:len(days)]),) + ((("queries." + query_variant, inputs[len(days):2 * len(days)]),) if query_variant else ()):
         ctx.tracker.dataset(lake, paths, name, context="training")
-    from safetensors.torch import load_file
+    def start(seed: int):
+        """Seed's model before training: built from the seed, then init_from's weights if given."""
+        model = build(model_name, schema, rcfg["model"], seed)
+        if init_from:
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(f"{init_from}/seed={seed}/model.safetensors"))
+        return model
+
+    def epoch_logger(seed: int, prefix: str = ""):
+        return lambda row, ep: ctx.tracker.metrics({f"{log_prefix}seed{seed}/{prefix}{k}": v for k, v in row.items() if k != "epoch"}, step=ep)
 
     results, histories, preds = {}, {}, []
     with lake.write_partition(out, {"fingerprint": fp}) as tmp:
         for seed in rcfg["seeds"]:
-            model = build(model_name, schema, rcfg["model"], seed)
-            if init_from:
-                model.load_state_dict(load_file(f"{init_from}/seed={seed}/model.safetensors"))
-            model, hist = fit(model, data, tr, va, rcfg, seed,
-                              log_metric=lambda row, ep, s=seed: ctx.tracker.metrics({f"{log_prefix}seed{s}/{k}": v for k, v in row.items() if k != "epoch"}, step=ep))
+            model, hist = fit(start(seed), data, tr, va, rcfg, seed, log_metric=epoch_logger(seed))
             histories[seed] = hist
             kept = max(hist, key=lambda h: h["valid_gauc"])  # the epoch fit restored (its last metric is the last epoch's)
             ctx.tracker.metrics({f"{log_prefix}seed{seed}/best_valid_gauc": kept["valid_gauc"], f"{log_prefix}seed{seed}/best_epoch": kept["epoch"]})
-            if rcfg.get("refit"):
-                model = build(model_name, schema, rcfg["model"], seed)  # the same initialisation as the run above
-                if init_from:
-                    model.load_state_dict(load_file(f"{init_from}/seed={seed}/model.safetensors"))
-                model, _ = fit(model, data, np.concatenate([tr, va]), va, rcfg, seed, fixed_epochs=kept["epoch"],
-                               log_metric=lambda row, ep, s=seed: ctx.tracker.metrics({f"{log_prefix}seed{s}/refit_{k}": v for k, v in row.items() if k != "epoch"}, step=ep))
+            if rcfg.get("refit"):  # the same initialisation as the run above, on train + valid
+                model, _ = fit(start(seed), data, np.concatenate([tr, va]), va, rcfg, seed, fixed_epochs=kept["epoch"],
+                               log_metric=epoch_logger(seed, "refit_"))
             test = evaluate(model, data, te)
             results[seed] = test
             save(model, Path(tmp) / f"seed={seed}", model_name, schema, rcfg["model"], data.vocab,
