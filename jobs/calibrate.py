@@ -12,7 +12,12 @@ The mean best validation GAUC over seeds after each round is logged as the curve
 ``loop/valid_gauc`` (round 0 = before the loop); the loop stops at the first round that does not
 improve it by ``calibrate.min_delta``, and the best round's QE-Rec is kept.
 
-Then the kept model's scores are calibrated on the validation window, per seed: temperature
+With ``ranker.refit`` on, everything above that is judged on the validation window (the GAUC that
+stops the loop, RG-CL's frozen QE-Rec) reads each seed's first pass (``seed=<k>/held_out``), which
+has not trained on it.
+
+Then the kept model's scores are calibrated on the validation window, per seed (on the first pass's
+scores when the seed was refit, applied to the refit model): temperature
 scaling (p = σ(a·s + b)) or isotonic regression on σ(s), whichever has the lower logloss in a
 2-fold split of the validation sessions (``calibrate.method: auto``), refitted on the whole window.
 Calibration ratio (Σp/Σy) and ECE on the test window before and after, and a reliability diagram,
@@ -50,7 +55,7 @@ def run(ctx: stage.Context) -> dict:
     from jobs.rg_cl import align, summary_spec
     from rgalign_core import align_stage, metrics, ranking_data
     from rgalign_core.reasoner import model_version, reasoner_dir
-    from rgalign_core.train_ranker import load_model, predict, run_job
+    from rgalign_core.train_ranker import HELD_OUT, held_out_path, load_model, predict, run_job
 
     from rgalign_core.calibration import FITTERS
 
@@ -84,7 +89,7 @@ def run(ctx: stage.Context) -> dict:
         if ctx.up_to_date([out], fp):
             log.info("round %d: the reasoner is up to date", r)
         else:
-            rep = align(ctx, f"cal{r}", best["reasoner"], qe_path, best["variant"], out, fp, cl_train)
+            rep = align(ctx, f"cal{r}", best["reasoner"], held_out_path(qe_path), best["variant"], out, fp, cl_train)
             ctx.tracker.metrics({f"loop/{k}": v for k, v in rep.items() if k.startswith("valid_after/")}, step=r)
         enc = encode(ctx, out, f"cal{r}", metric_prefix=f"round{r}/encode/")
         ranked = run_job(ctx, "qe_rec", f"cal{r}", out_name=f"qe_rec_cal{r}", init_from=best["ranker"], overrides=finetune,
@@ -121,18 +126,23 @@ def run(ctx: stage.Context) -> dict:
         for seed in seeds:
             src = f"{best['ranker']}/seed={seed}"
             model, _, _ = load_model(src)
-            fv, ft = data.flat(va, predict(model, data, va)), data.flat(te, predict(model, data, te))
+            # fitted on the scores of a model that has not trained on the validation window (a refit
+            # seed's first pass), applied to the kept model: scikit-learn's CalibratedClassifierCV(ensemble=False)
+            fitted_on = held_out_path(src)
+            unseen, _, _ = load_model(fitted_on)
+            fv, ft = data.flat(va, predict(unseen, data, va)), data.flat(te, predict(model, data, te))
             cal, held_out = choose(fv["score"], fv["clicked"], fv["session_id"], ccfg["method"], seed)
             p_before, p_after = sigmoid(ft["score"]), apply(cal, ft["score"])
             y = ft["clicked"]
-            row = {"seed": seed, "method": cal["method"], **{f"heldout_logloss.{m}": v for m, v in held_out.items()},
+            row = {"seed": seed, "method": cal["method"], "fitted_on": "first pass" if fitted_on != src else "itself",
+                   **{f"heldout_logloss.{m}": v for m, v in held_out.items()},
                    "test_calibration_ratio_before": metrics.calibration_ratio(y, p_before),
                    "test_calibration_ratio_after": metrics.calibration_ratio(y, p_after),
                    "test_ece_before": metrics.ece(y, p_before), "test_ece_after": metrics.ece(y, p_after),
                    "test_logloss_before": metrics.logloss(y, p_before), "test_logloss_after": metrics.logloss(y, p_after)}
             rows.append(row)
             before_after[seed] = (y, p_before, p_after)
-            shutil.copytree(src, Path(tmp) / f"seed={seed}")
+            shutil.copytree(src, Path(tmp) / f"seed={seed}", ignore=shutil.ignore_patterns(HELD_OUT))
             Path(tmp, f"seed={seed}", "calibration.json").write_text(json.dumps(cal))
             preds.append(pa.table({"session_id": ft["session_id"], "intent_id": ft["intent_id"], "seed": np.full(len(y), seed),
                                    "score": ft["score"].astype(np.float32), "prob": p_after.astype(np.float32),
@@ -144,7 +154,7 @@ def run(ctx: stage.Context) -> dict:
     ctx.tracker.artifact(f"{out}/seed={seeds[0]}", "model")  # the kept round's ranker + its calibration.json
     ctx.tracker.text(table.to_markdown(index=False, floatfmt=".4f"), "calibration.md")
     _plot_reliability(ctx, before_after)
-    means = table.drop(columns=["method"]).mean(numeric_only=True)
+    means = table.drop(columns=["method", "fitted_on"]).mean(numeric_only=True)
     summary.update({k: float(v) for k, v in means.items() if k != "seed"})
     summary["methods"] = ",".join(table["method"])
     return summary
@@ -153,13 +163,13 @@ def run(ctx: stage.Context) -> dict:
 def _valid_gauc(ctx, root: str, variant: str, seeds: list[int]) -> float:
     """Mean validation GAUC over the seeds saved under ``root`` (models read ``queries/<variant>``)."""
     from rgalign_core import ranking_data
-    from rgalign_core.train_ranker import evaluate, load_model
+    from rgalign_core.train_ranker import evaluate, held_out_path, load_model
 
     w = ctx.windows()
     _, vocab, _ = load_model(f"{root}/seed={seeds[0]}")
     data = ranking_data.load(ctx.lake, w["valid"], [], query_variant=variant, vocab=vocab)
     idx = np.arange(data.n)
-    return float(np.mean([evaluate(load_model(f"{root}/seed={s}")[0], data, idx)["gauc"] for s in seeds]))
+    return float(np.mean([evaluate(load_model(held_out_path(f"{root}/seed={s}"))[0], data, idx)["gauc"] for s in seeds]))
 
 
 def _plot_curve(ctx, curve: list[dict]) -> None:

@@ -2,7 +2,8 @@
 
 The reasoner (``models/reasoner_dpo/ds=``) embeds each training session's prompt + latent query
 (``queries/dpo``) + the summary cue, pooled at the cue's token; QE-Rec's query projection (from
-``models/qe_rec_dpo/ds=/seed=<rg_cl.model_seed>``, trained on those embeddings) maps it to the
+``models/qe_rec_dpo/ds=/seed=<rg_cl.model_seed>``, trained on those embeddings; its first pass
+``held_out/`` when ``ranker.refit`` retrained it on the validation days) maps it to the
 ranking space, where an InfoNCE loss pulls it towards the frozen QE-Rec intent-tower vector of the
 clicked intent and away from the session's other shown intents and the other sessions' clicked
 intents in the batch (temperature ``rg_cl.tau``), plus ``rg_cl.lm_weight`` x the next-token loss on
@@ -135,12 +136,15 @@ def run(ctx: stage.Context) -> dict:
                       "rg_cl": ccfg, "template": cfg["reasoner"]["template"],
                       "summary_cue": cfg["reasoner"]["summary_cue"], "summary": summary_spec(cfg),
                       "inputs": [lake.marker(p).get("fingerprint") for p in inputs]})
-    ctx.tracker.params({"parent_reasoner": parent, "projection_from": qe_path})
+    from rgalign_core.train_ranker import held_out_path
+
+    judge = held_out_path(qe_path)  # with ranker.refit, the first pass: the validation report stays out of sample
+    ctx.tracker.params({"parent_reasoner": parent, "projection_from": judge})
     result = {}
     if ctx.up_to_date([out], fp):
         log.info("the cl reasoner for %s is up to date; use --force to retrain", ctx.ds)
     else:
-        result = align(ctx, "rg_cl", parent, qe_path, "dpo", out, fp, ccfg["train"])
+        result = align(ctx, "rg_cl", parent, judge, "dpo", out, fp, ccfg["train"])
         align_stage.compare_generations(ctx, parent, out)
     result["reasoner_version"] = model_version(out)
     return {**result, **align_stage.measure(ctx, "cl", out)}

@@ -9,7 +9,9 @@ without a better validation GAUC multiply the learning rate by it first (FuxiCTR
 reduce-LR-on-plateau). With ``refit`` on, each seed is then trained again from the same
 initialisation on the train and validation windows for the epoch count early stopping kept, so the
 model that is tested, scored and published has also seen the freshest days (where the newest intents
-first appear). Deterministic on CPU for a seed.
+first appear). The first pass is kept as ``seed=<k>/held_out/``: stages that judge on the validation
+window (calibrate's loop and its score calibration, RG-CL's alignment) read it through
+``held_out_path``, so what they measure there stays out of sample. Deterministic on CPU for a seed.
 """
 from __future__ import annotations
 
@@ -23,6 +25,14 @@ import numpy as np
 from rgalign_core import metrics
 
 log = logging.getLogger("rgalign.train_ranker")
+HELD_OUT = "held_out"  # the subdirectory of a refit seed holding its first pass
+
+
+def held_out_path(seed_dir: str | Path) -> str:
+    """The seed's model that has not trained on the validation window: its first pass when it was
+    refit (``<seed_dir>/held_out``), else the model itself."""
+    first = Path(seed_dir) / HELD_OUT
+    return str(first if (first / "model.safetensors").exists() else seed_dir)
 
 
 def schema_of(data, model_cfg: dict | None = None) -> dict:
@@ -224,13 +234,15 @@ def run_job(ctx, model_name: str, query_variant: str | None, out_name: str | Non
                         **{f"{log_prefix}ranker.{k}": v for k, v in (overrides or {}).items()}})
     for name, paths in (("features.samples", inputs[:len(days)]),) + ((("queries." + query_variant, inputs[len(days):2 * len(days)]),) if query_variant else ()):
         ctx.tracker.dataset(lake, paths, name, context="training")
-    def start(seed: int):
-        """Seed's model before training: built from the seed, then init_from's weights if given."""
+    def start(seed: int, held_out: bool):
+        """Seed's model before training: built from the seed, then init_from's weights if given (for
+        the first pass, init_from's held-out model, so the validation window stays unseen)."""
         model = build(model_name, schema, rcfg["model"], seed)
         if init_from:
             from safetensors.torch import load_file
 
-            model.load_state_dict(load_file(f"{init_from}/seed={seed}/model.safetensors"))
+            src = f"{init_from}/seed={seed}"
+            model.load_state_dict(load_file(f"{held_out_path(src) if held_out else src}/model.safetensors"))
         return model
 
     def epoch_logger(seed: int, prefix: str = ""):
@@ -239,17 +251,20 @@ def run_job(ctx, model_name: str, query_variant: str | None, out_name: str | Non
     results, histories, preds = {}, {}, []
     with lake.write_partition(out, {"fingerprint": fp}) as tmp:
         for seed in rcfg["seeds"]:
-            model, hist = fit(start(seed), data, tr, va, rcfg, seed, log_metric=epoch_logger(seed))
+            model, hist = fit(start(seed, held_out=True), data, tr, va, rcfg, seed, log_metric=epoch_logger(seed))
             histories[seed] = hist
             kept = max(hist, key=lambda h: h["valid_gauc"])  # the epoch fit restored (its last metric is the last epoch's)
             ctx.tracker.metrics({f"{log_prefix}seed{seed}/best_valid_gauc": kept["valid_gauc"], f"{log_prefix}seed{seed}/best_epoch": kept["epoch"]})
+            meta = {"seed": seed, "query_variant": query_variant, "ds": ctx.ds_str}
             if rcfg.get("refit"):  # the same initialisation as the run above, on train + valid
-                model, _ = fit(start(seed), data, np.concatenate([tr, va]), va, rcfg, seed, fixed_epochs=kept["epoch"],
-                               log_metric=epoch_logger(seed, "refit_"))
+                save(model, Path(tmp) / f"seed={seed}" / HELD_OUT, model_name, schema, rcfg["model"], data.vocab,
+                     {**meta, "trained_on": "train", "test": evaluate(model, data, te)})
+                model, _ = fit(start(seed, held_out=False), data, np.concatenate([tr, va]), va, rcfg, seed,
+                               fixed_epochs=kept["epoch"], log_metric=epoch_logger(seed, "refit_"))
             test = evaluate(model, data, te)
             results[seed] = test
             save(model, Path(tmp) / f"seed={seed}", model_name, schema, rcfg["model"], data.vocab,
-                 {"seed": seed, "query_variant": query_variant, "ds": ctx.ds_str, "test": test})
+                 {**meta, "trained_on": "train+valid" if rcfg.get("refit") else "train", "test": test})
             logits = predict(model, data, te)
             f = data.flat(te, logits)
             preds.append(pa.table({"session_id": f["session_id"], "intent_id": f["intent_id"], "seed": np.full(len(f["score"]), seed),

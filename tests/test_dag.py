@@ -113,6 +113,18 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
     assert (lake / "models" / "reasoner" / f"ds={DS}" / "model.safetensors").exists()
     assert {"seed=0", "seed=1"} <= {p.name for p in (lake / "models" / "qe_rec" / f"ds={DS}").iterdir()}
     assert children["train_qe_rec"].data.metrics["test_gauc_mean"] > 0.5
+    # ranker.refit (the default): each seed is the refit on train + valid, its first pass kept beside it,
+    # and the stages that judge on the validation window read the first pass
+    seed0 = lake / "models" / "qe_rec" / f"ds={DS}" / "seed=0"
+    assert json.loads((seed0 / "config.json").read_text())["trained_on"] == "train+valid"
+    assert json.loads((seed0 / "held_out" / "config.json").read_text())["trained_on"] == "train"
+    from safetensors.torch import load_file
+
+    refit, first = load_file(seed0 / "model.safetensors"), load_file(seed0 / "held_out" / "model.safetensors")
+    assert [k for k in refit if refit[k].is_floating_point() and refit[k].equal(first[k])] == []
+    assert children["train_qe_rec"].data.metrics["seed0/refit_train_loss"] > 0
+    assert children["rg_cl"].data.params["projection_from"].endswith("qe_rec_dpo/ds=" + DS + "/seed=0/held_out")
+    assert not (lake / "models" / "qe_rec_calibrated" / f"ds={DS}" / "seed=0" / "held_out").exists()
     assert len(_complete(lake, "rewards", "best")) == 14
     # the reviewer's view: the ablation table and plots on the DAG run's parent run
     import mlflow
@@ -138,8 +150,6 @@ def test_dags_test_runs_every_stage_on_real_engines(dag_run):
         assert (lake / "models" / f"qe_rec_{variant}" / f"ds={DS}" / "test_predictions.parquet").exists()
     assert (lake / "models" / "reasoner_cl" / f"ds={DS}" / "query_projection.safetensors").exists()
     # each stage trained every weight of the reasoner it started from (a stage that copied it would not)
-    from safetensors.torch import load_file
-
     chain = ["reasoner", "reasoner_sft", "reasoner_dpo", "reasoner_cl"]
     weights = {m: load_file(lake / "models" / m / f"ds={DS}" / "model.safetensors") for m in chain}
     for parent, child in zip(chain, chain[1:]):

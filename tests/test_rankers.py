@@ -234,3 +234,16 @@ def test_title_encoder_gives_an_unseen_intent_its_titles_sentence_embedding(name
         model.intent.read_titles(encoder.encode(titles[:7] + ["How do I change the app language?"]))
         moved = model(b) != scores
     assert moved[b["intent"] == 8].all() and not moved[b["intent"] != 8].any()
+
+
+def test_held_out_path_is_a_refit_seeds_first_pass_else_the_seed_itself(tmp_path):
+    from rgalign_core.train_ranker import HELD_OUT, held_out_path
+
+    seed = tmp_path / "seed=0"
+    seed.mkdir()
+    (seed / "model.safetensors").write_bytes(b"")
+    assert held_out_path(seed) == str(seed)
+    (seed / HELD_OUT).mkdir()  # a directory without a model is not a first pass
+    assert held_out_path(seed) == str(seed)
+    (seed / HELD_OUT / "model.safetensors").write_bytes(b"")
+    assert held_out_path(seed) == str(seed / HELD_OUT)
