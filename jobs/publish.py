@@ -70,11 +70,11 @@ def gate(challenger: dict, model_mean: dict, baseline_mean: dict, champion: dict
               # GAUC by user also rewards telling which sessions see a click; session GAUC is the ranking inside one
               {"check": "session GAUC gain over the baseline (means over seeds)",
                "value": model_mean["session_gauc"] - baseline_mean["session_gauc"],
-               "threshold": float(cfg["min_session_gauc_gain_over_baseline"]), "rule": ">="},
-              {"check": "ECE", "value": challenger["ece"], "threshold": float(cfg["max_ece"]), "rule": "<="}]
+               "threshold": float(cfg["min_session_gauc_gain_over_baseline"]), "rule": ">="}]
     if champion is not None:
-        checks.insert(2, {"check": "GAUC gain over the champion", "value": challenger["gauc"] - champion["gauc"],
-                          "threshold": float(cfg["min_gain_over_champion"]), "rule": ">="})
+        checks.append({"check": "GAUC gain over the champion", "value": challenger["gauc"] - champion["gauc"],
+                       "threshold": float(cfg["min_gain_over_champion"]), "rule": ">="})
+    checks.append({"check": "ECE", "value": challenger["ece"], "threshold": float(cfg["max_ece"]), "rule": "<="})
     if champion_ds:
         checks.append({"check": f"not older than the champion's ds ({champion_ds})", "value": float(ds >= champion_ds),
                        "threshold": 1.0, "rule": ">="})
