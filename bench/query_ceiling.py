@@ -237,7 +237,11 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     name = f"query_ceiling_{args.name}" if args.name else "query_ceiling"
     if args.merge:
-        parts = [json.loads((RESULTS / f"{n.removesuffix('.json')}.json").read_text()) for n in args.merge]
+        files = [RESULTS / f"{n.removesuffix('.json')}.json" for n in args.merge]
+        if missing := [str(f) for f in files if not f.exists()]:
+            p.error(f"no such results file: {', '.join(missing)} (give the file's name without .json, e.g. "
+                    f"query_ceiling_{args.name or 'x'}_a)")
+        parts = [json.loads(f.read_text()) for f in files]
         try:
             merged = merge_results([x["query_ceiling"] for x in parts])
         except ValueError as e:
