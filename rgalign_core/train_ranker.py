@@ -10,7 +10,7 @@ reduce-LR-on-plateau). With ``refit`` on, each seed is then trained again from t
 initialisation on the train and validation windows for the epoch count early stopping kept, so the
 model that is tested, scored and published has also seen the freshest days (where the newest intents
 first appear). The first pass is kept as ``seed=<k>/held_out/``: stages that judge on the validation
-window (calibrate's loop and its score calibration, RG-CL's alignment) read it through
+window (calibrate's loop GAUC, RG-CL's frozen QE-Rec) read it through
 ``held_out_path``, so what they measure there stays out of sample. Deterministic on CPU for a seed.
 """
 from __future__ import annotations
