@@ -111,7 +111,8 @@ def run(ctx: stage.Context) -> dict:
     # ---- score calibration on the validation window, per seed
     w = ctx.windows()
     out = lake.partition("models", "qe_rec_calibrated", ctx.ds, key="ds")
-    # what the output is made of: the kept ranker and the method (the curve is a record, not an input)
+    # what the output is made of: the kept ranker and the method (the curve is a record, not an input);
+    # "fit" names the scores the map is fitted on, so outputs of a34ca58 (fitted on the first pass) are redone
     fp = fingerprint({"version": VERSION, "fit": "own_scores", "ranker": lake.marker(best["ranker"]).get("fingerprint"), "method": ccfg["method"],
                       "kept_round": best["round"], "start": start.get("fingerprint")})
     summary = {"kept_round": best["round"], "kept_valid_gauc": best_gauc, "rounds_run": len(curve) - 1}
